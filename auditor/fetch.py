@@ -1,0 +1,146 @@
+"""Fetching one call: the retry policy applied on top of the transport.
+
+:func:`fetch_call` turns one valid call id into one :class:`~auditor.records.Outcome`,
+spending at most the policy's attempt budget.  It raises only :class:`AuthError`, which ends
+the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from auditor.client import AuthError, Response, VoiceClient
+from auditor.limits import RateGate
+from auditor.records import STATUS_FAILED, STATUS_NOT_FOUND, STATUS_OK, Outcome
+from auditor.retry import RetryPolicy, Verdict, classify, parse_retry_after
+
+
+@dataclass
+class FetchStats:
+    """Counters shared by all workers, for the run summary."""
+
+    requests: int = 0
+    throttled: int = 0
+    retried: int = 0
+    by_http_status: dict[int, int] = field(default_factory=dict)
+    transport_errors: int = 0
+    #: smoothed seconds per request, for sizing the worker pool (Little's law)
+    latency_ewma: float | None = None
+
+    def observe_latency(self, seconds: float) -> None:
+        previous = self.latency_ewma
+        self.latency_ewma = seconds if previous is None else previous + 0.05 * (seconds - previous)
+
+
+async def fetch_call(
+    call_id: str,
+    client: VoiceClient,
+    gate: RateGate,
+    policy: RetryPolicy,
+    stats: FetchStats,
+) -> Outcome:
+    attempts = failures = throttles = 0
+    refreshed_token = False
+    while True:
+        auth = await client.auth_header()
+        sent_at = await gate.acquire()
+        response = await client.get_call_state(call_id, auth)
+        stats.observe_latency(time.monotonic() - sent_at)
+        attempts += 1
+        stats.requests += 1
+        status = response.status
+        if status is None:
+            stats.transport_errors += 1
+            verdict, error = Verdict.RETRY, response.error
+        else:
+            stats.by_http_status[status] = stats.by_http_status.get(status, 0) + 1
+            verdict = classify(status)
+            error = response.error or (None if verdict is Verdict.OK else _error_text(response))
+
+        if verdict is Verdict.OK and error is None:
+            body, error = _decode_body(response.body, call_id)
+            if body is not None:
+                return Outcome(call_id, STATUS_OK, status, attempts, time.time(), None, body)
+            verdict = Verdict.RETRY  # a broken 200 is a transport accident: ask again
+        elif verdict is Verdict.OK:
+            verdict = Verdict.RETRY  # e.g. body over the size cap
+
+        if verdict is Verdict.NOT_FOUND:
+            return Outcome(call_id, STATUS_NOT_FOUND, status, attempts, time.time())
+        if verdict is Verdict.AUTH:
+            if status == 401 and client.tokens is not None and not refreshed_token:
+                client.tokens.invalidate(auth)  # revoked early? one fresh token, then give up
+                refreshed_token = True
+                continue
+            raise AuthError(_auth_advice(status, client))
+        if verdict is Verdict.THROTTLED:
+            stats.throttled += 1
+            throttles += 1
+            gate.throttled(sent_at)
+            if throttles > policy.max_throttled:
+                return _failed(call_id, status, attempts, f"still throttled after {throttles} 429s")
+            hint = parse_retry_after(response.retry_after, time.time())
+            await asyncio.sleep(policy.throttle_wait(hint, throttles))
+            continue
+        if verdict is Verdict.RETRY:
+            failures += 1
+            if failures >= policy.max_attempts:
+                return _failed(call_id, status, attempts, error)
+            stats.retried += 1
+            await asyncio.sleep(policy.backoff(failures))
+            continue
+        return _failed(call_id, status, attempts, error)
+
+
+def _failed(call_id: str, status: int | None, attempts: int, error: str | None) -> Outcome:
+    return Outcome(call_id, STATUS_FAILED, status, attempts, time.time(), error or "failed")
+
+
+def _decode_body(raw: bytes | None, call_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        body = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None, "HTTP 200 with a body that is not valid JSON"
+    if not isinstance(body, dict):
+        return None, "HTTP 200 with a JSON body that is not an object"
+    served = body.get("callId")
+    if served is not None and served != call_id:
+        # Never store another call's data under this id; a mixed-up proxy may recover.
+        return None, f"HTTP 200 for a different call ({str(served)[:140]!r})"
+    return body, None
+
+
+def _error_text(response: Response) -> str:
+    """ "HTTP 503 system-overloaded: Managing too many..." from Bandwidth's error body."""
+    text = f"HTTP {response.status}"
+    try:
+        body = orjson.loads(response.body or b"")
+    except orjson.JSONDecodeError:
+        return text
+    if isinstance(body, dict):
+        kind, description = body.get("type"), body.get("description")
+        if isinstance(kind, str) and kind:
+            text += f" {kind[:60]}"
+        if isinstance(description, str) and description:
+            text += f": {description[:200]}"
+    return text
+
+
+def _auth_advice(status: int | None, client: VoiceClient) -> str:
+    variables = (
+        "BW_CLIENT_ID and BW_CLIENT_SECRET"
+        if client.tokens is not None
+        else "BW_USERNAME and BW_PASSWORD (legacy Basic auth, retired by Bandwidth on "
+        "2026-12-02: prefer BW_CLIENT_ID and BW_CLIENT_SECRET)"
+    )
+    if status == 403:
+        return (
+            "the Voice API denied access (HTTP 403): check --account-id / BW_ACCOUNT_ID "
+            f"and that {variables} belong to that account"
+        )
+    return f"the Voice API refused the credentials (HTTP 401): check {variables}"

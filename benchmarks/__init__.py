@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks [--quick] [--only NAME]`` runs every ``bench_*.py``."""
