@@ -282,7 +282,7 @@ class Audit:
 
     def _flush(self, buffer: list[Outcome], writer: sink.PartWriter) -> None:
         """Runs in a thread: normalise, write the part, tally the summary's counts."""
-        batch = build_batch(buffer)
+        batch = build_batch(buffer, self.run_id)
         writer.write(batch)
         _tally(self.summary.status_counts, batch.column("status"))
         _tally(self.summary.disconnect_causes, batch.column("disconnect_cause"))

@@ -27,6 +27,8 @@ STATUS_NOT_FOUND: Final = "not_found"
 STATUS_INVALID_ID: Final = "invalid_id"
 STATUS_FAILED: Final = "failed"
 STATUSES: Final = (STATUS_OK, STATUS_NOT_FOUND, STATUS_INVALID_ID, STATUS_FAILED)
+SOURCE_GET: Final = "get"
+SOURCE_LIST: Final = "list"
 #: Statuses a rerun does not fetch again.
 FINAL_STATUSES: Final = frozenset({STATUS_OK, STATUS_NOT_FOUND, STATUS_INVALID_ID})
 
@@ -61,6 +63,8 @@ COLUMNS: Final[tuple[tuple[str, pa.DataType, str], ...]] = (
     ("attempts", pa.int16(), "HTTP requests made for this id (0 for invalid_id)"),
     ("fetched_at", _TS, "when the final response came"),
     ("error", pa.string(), "why the fetch failed, or what was odd in the body"),
+    ("source", _DICT, "get (Get Call State) | list (List Calls)"),
+    ("audit_run", pa.string(), "id of the run that wrote the row (UTC start time + random)"),
 )
 
 SCHEMA: Final = pa.schema(
@@ -107,10 +111,11 @@ class Outcome:
     fetched_at: float  # epoch seconds
     error: str | None = None
     body: dict[str, Any] | None = None
+    source: str = SOURCE_GET
 
 
-def build_batch(outcomes: Sequence[Outcome]) -> pa.RecordBatch:
-    """Normalise *outcomes* into one record batch of :data:`SCHEMA`."""
+def build_batch(outcomes: Sequence[Outcome], audit_run: str = "") -> pa.RecordBatch:
+    """Normalise *outcomes* into one record batch of :data:`SCHEMA`, stamped *audit_run*."""
     n = len(outcomes)
     cols: dict[str, list[Any]] = {name: [None] * n for name, _, _ in COLUMNS}
     times: dict[str, list[Any]] = {column: [None] * n for _, column in _TIME_FIELDS}
@@ -122,6 +127,7 @@ def build_batch(outcomes: Sequence[Outcome]) -> pa.RecordBatch:
         cols["http_status"][i] = outcome.http_status
         cols["attempts"][i] = outcome.attempts
         cols["fetched_at"][i] = int(outcome.fetched_at * 1000)
+        cols["source"][i] = outcome.source
         if outcome.error is not None:
             problems[i] = [outcome.error]
         body = outcome.body
@@ -147,6 +153,8 @@ def build_batch(outcomes: Sequence[Outcome]) -> pa.RecordBatch:
             arrays.append(_timestamps(name, times[name], problems))
         elif name == "fetched_at":
             arrays.append(pa.array(cols[name], pa.int64()).cast(_TS))
+        elif name == "audit_run":
+            arrays.append(pa.array([audit_run] * n, pa.string()))
         elif name == "error":
             errors = [None if p is None else "; ".join(p) for p in problems]
             arrays.append(pa.array(errors, pa.string()))

@@ -19,7 +19,9 @@ from auditor.records import COLUMNS, STATUS_OK, Outcome, build_batch
 from auditor.simulator import Population
 
 # Columns that describe the fetch rather than the call.
-_FETCH_COLUMNS = frozenset({"status", "http_status", "attempts", "fetched_at", "error"})
+_FETCH_COLUMNS = frozenset(
+    {"status", "http_status", "attempts", "fetched_at", "error", "source", "audit_run"}
+)
 DATA_COLUMNS = tuple(name for name, _, _ in COLUMNS if name not in _FETCH_COLUMNS)
 
 

@@ -42,7 +42,7 @@ def _ms(text: str) -> datetime:
 
 def _row(body: dict[str, object] | None, status: str = STATUS_OK) -> dict[str, object]:
     outcome = Outcome(str(FULL_BODY["callId"]), status, 200, 1, 1_700_000_000.5, None, body)
-    batch = build_batch([outcome])
+    batch = build_batch([outcome], "run-1")
     assert batch.schema.equals(SCHEMA)
     return batch.to_pylist()[0]
 
@@ -71,6 +71,7 @@ def test_every_field_lands_in_its_column() -> None:
     assert row["status"] == "ok" and row["http_status"] == 200 and row["attempts"] == 1
     assert row["fetched_at"] == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)
     assert row["error"] is None
+    assert row["source"] == "get" and row["audit_run"] == "run-1"
 
 
 def test_open_enums_keep_unknown_values() -> None:
