@@ -78,6 +78,13 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--max-attempts", type=int, default=6)
     run.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     run.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    run.add_argument(
+        "--row-group-rows",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="rows per part file (default 10000); a crash refetches at most about this many",
+    )
     run.add_argument("--no-progress", action="store_true")
     run.add_argument(
         "--log-interval",
@@ -130,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         timeout=args.timeout,
         fresh=args.fresh,
+        row_group_rows=args.row_group_rows,
         progress=not args.no_progress,
     )
     summary = run_with_signals(config, args.log_interval)

@@ -82,7 +82,7 @@ class TokenSource:
         last_problem = ""
         for attempt in range(_TOKEN_ATTEMPTS):
             if attempt:
-                await asyncio.sleep(0.5 * 2**attempt)
+                await asyncio.sleep(0.25 * 2**attempt)
             try:
                 async with self._session.post(
                     self._url,
@@ -114,7 +114,7 @@ class TokenSource:
                 last_problem = "a token response without access_token"
                 continue
             self._header = "Bearer " + token
-            margin = min(TOKEN_REFRESH_MARGIN, lifetime / 4)
+            margin = min(TOKEN_REFRESH_MARGIN, lifetime / 10)
             self._expires_at = time.monotonic() + lifetime - margin
             self.tokens_fetched += 1
             return

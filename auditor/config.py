@@ -120,6 +120,8 @@ class AuditConfig:
             raise ConfigError("--concurrency must be a positive integer or 'auto'")
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
+        if self.row_group_rows < 1:
+            raise ConfigError("--row-group-rows must be at least 1")
         if self.timeout <= 0:
             raise ConfigError("--timeout must be a positive number of seconds")
 

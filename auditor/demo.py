@@ -36,6 +36,7 @@ async def _demo(output: Path, calls: int, rate: float, progress: bool) -> int:
         error_rate=0.01,
         reset_rate=0.002,
         truncate_rate=0.002,
+        frozen_clock=True,  # what was served stays comparable with the truth afterwards
     )
     async with Simulator(sim_config, host="127.0.0.1", port=0) as sim:
         print(f"simulator: {calls} calls at {sim.base_url}, limit {rate:g} req/s", file=sys.stderr)

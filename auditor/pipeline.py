@@ -39,6 +39,8 @@ from auditor.retry import RetryPolicy
 
 EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH = 0, 1, 2, 3
 _QUEUE_SLOTS = 1024
+#: Fetched-but-unwritten rows wait here; small, because a crash loses what is in it.
+_OUTCOME_SLOTS = 256
 
 
 @dataclass
@@ -133,7 +135,7 @@ class Audit:
         summary = self.summary
         summary.configured_rate = self.config.rate
         ids: asyncio.Queue[str] = asyncio.Queue(_QUEUE_SLOTS)
-        outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(_QUEUE_SLOTS)
+        outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(_OUTCOME_SLOTS)
         writer = sink.PartWriter(self.config.output, self.run_id)
         stats = FetchStats()
         gate = RateGate(self.config.rate)

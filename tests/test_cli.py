@@ -31,8 +31,13 @@ def sim_env(sim: Simulator, **extra: str) -> dict[str, str]:
 async def auditor(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``python -m auditor`` without blocking the loop that serves the simulator."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "auditor", *args,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "auditor",
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -47,8 +52,14 @@ async def test_run_writes_the_dataset_and_a_summary(tmp_path: Path) -> None:
     async with Simulator(SimConfig(calls=120, seed=2), host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", [*sim.population.ids(), "bogus"])
         code, _, err = await auditor(
-            "run", str(source), "--output", str(tmp_path / "out"), "--rate", "500",
-            *sim_args(sim), env=sim_env(sim),
+            "run",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            "--rate",
+            "500",
+            *sim_args(sim),
+            env=sim_env(sim),
         )
         assert code == 0, err
         assert read_dataset(tmp_path / "out").num_rows == 121
@@ -78,7 +89,11 @@ async def test_bad_usage_is_one_line_and_exit_2_before_any_request(
         write_ids(tmp_path / "ids.csv", sim.population.ids())
         argv = [a if a != "ids.csv" and a != "missing.csv" else str(tmp_path / a) for a in args]
         code, _, err = await auditor(
-            "run", "--output", str(tmp_path / "out"), *sim_args(sim), *argv,
+            "run",
+            "--output",
+            str(tmp_path / "out"),
+            *sim_args(sim),
+            *argv,
             env=sim_env(sim, **env_extra),
         )
         assert code == 2
@@ -93,7 +108,11 @@ async def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         (tmp_path / "out").write_text("not a directory")
         code, _, err = await auditor(
-            "run", str(source), "--output", str(tmp_path / "out"), *sim_args(sim),
+            "run",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            *sim_args(sim),
             env=sim_env(sim),
         )
         assert code == 2 and "not a directory" in err
@@ -104,7 +123,11 @@ async def test_wrong_credentials_exit_3_naming_the_variables(tmp_path: Path) -> 
     async with Simulator(SimConfig(calls=50, seed=2), host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         code, _, err = await auditor(
-            "run", str(source), "--output", str(tmp_path / "out"), *sim_args(sim),
+            "run",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            *sim_args(sim),
             env=sim_env(sim, BW_CLIENT_SECRET="definitely-wrong-secret"),
         )
         assert code == 3
@@ -116,10 +139,24 @@ async def test_sigterm_flushes_what_was_fetched_and_exits_143(tmp_path: Path) ->
     async with Simulator(SimConfig(calls=3000, seed=2), host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "auditor", "run", str(source), "--output",
-            str(tmp_path / "out"), "--rate", "200", "--base-url", sim.base_url,
-            "--token-url", sim.token_url, "--log-interval", "0.1",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=sim_env(sim),
+            sys.executable,
+            "-m",
+            "auditor",
+            "run",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            "--rate",
+            "200",
+            "--base-url",
+            sim.base_url,
+            "--token-url",
+            sim.token_url,
+            "--log-interval",
+            "0.1",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=sim_env(sim),
         )
         assert proc.stderr is not None
         seen = b""
@@ -143,11 +180,106 @@ async def test_sigterm_flushes_what_was_fetched_and_exits_143(tmp_path: Path) ->
 
 def test_demo_runs_and_verifies_itself(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "auditor", "demo", "--output", str(tmp_path / "demo"),
-         "--calls", "800", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "auditor",
+            "demo",
+            "--output",
+            str(tmp_path / "demo"),
+            "--calls",
+            "800",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "0 differ, 0 duplicate ids" in result.stderr
     assert "server saw 0 429s" in result.stderr
     assert read_dataset(tmp_path / "demo").num_rows == 800 + 4  # the blank one is skipped
+
+
+async def test_output_with_another_schema_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(
+        pa.table({"call_id": ["c-1"], "mood": ["sunny"]}), out / "part-old-00000.parquet"
+    )
+    async with Simulator(SimConfig(calls=10, seed=2), host="127.0.0.1", port=0) as sim:
+        source = write_ids(tmp_path / "ids.csv", sim.population.ids())
+        code, _, err = await auditor(
+            "run", str(source), "--output", str(out), *sim_args(sim), env=sim_env(sim)
+        )
+        assert code == 2 and "different schema" in err and err.count("\n") == 1
+        assert sim.stats.total_requests == 0
+
+
+async def test_unwritable_output_is_refused_before_any_request(tmp_path: Path) -> None:
+    async with Simulator(SimConfig(calls=10, seed=2), host="127.0.0.1", port=0) as sim:
+        source = write_ids(tmp_path / "ids.csv", sim.population.ids())
+        # /proc refuses new directories even to root
+        code, _, err = await auditor(
+            "run",
+            str(source),
+            "--output",
+            "/proc/auditor-out",
+            *sim_args(sim),
+            env=sim_env(sim),
+        )
+        assert code == 2 and "not writable" in err and err.count("\n") == 1
+        assert sim.stats.total_requests == 0
+
+
+async def test_sigint_stops_gracefully_with_exit_130(tmp_path: Path) -> None:
+    async with Simulator(SimConfig(calls=2000, seed=2), host="127.0.0.1", port=0) as sim:
+        source = write_ids(tmp_path / "ids.csv", sim.population.ids())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "auditor",
+            "run",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            "--rate",
+            "300",
+            "--base-url",
+            sim.base_url,
+            "--token-url",
+            sim.token_url,
+            "--log-interval",
+            "0.1",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=sim_env(sim),
+        )
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            match = re.match(rb"auditor: (\d+)/", line)
+            if match and int(match.group(1)) >= 50:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = await proc.communicate()
+        assert proc.returncode == 130, err.decode()
+        assert "stopped early: SIGINT" in err.decode() and b"Traceback" not in err
+        written = read_dataset(tmp_path / "out").num_rows
+        assert 50 <= written < 2000
+
+        # and the rerun picks up exactly where it stopped
+        code, _, err2 = await auditor(
+            "run",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            *sim_args(sim),
+            "--rate",
+            "1000",
+            env=sim_env(sim),
+        )
+        assert code == 0, err2
+        assert read_dataset(tmp_path / "out").num_rows == 2000

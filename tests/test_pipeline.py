@@ -17,9 +17,24 @@ from auditor.records import SCHEMA
 from auditor.simulator import SimConfig, Simulator
 from auditor.sink import read_dataset
 from auditor.verify import verify_dataset
+from tests.conftest import SIM_NOW
 
-MALFORMED = ["not-a-call-id", "c-../../admin", "c-abc/def", "c-%2Fetc", "c-a?b", "c-a#b",
-             "c-a b", "c-ünïcode", "c-" + "a" * 127]
+MALFORMED = [
+    "not-a-call-id",
+    "c-../../admin",
+    "c-abc/def",
+    "c-%2Fetc",
+    "c-a?b",
+    "c-a#b",
+    "c-a b",
+    "c-ünïcode",
+    "c-" + "a" * 127,
+]
+
+
+def frozen_config(**settings: Any) -> SimConfig:
+    """A simulator whose clock moves only by advance(): served bodies equal the truth."""
+    return SimConfig(now=SIM_NOW, **settings)
 
 
 def write_ids(path: Path, ids: Iterable[str], header: str = "callId") -> Path:
@@ -51,7 +66,7 @@ def config_for(sim: Simulator, inputs: list[Path], output: Path, **overrides: An
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    config = SimConfig(calls=600, seed=11, error_rate=0.05, reset_rate=0.01, truncate_rate=0.01)
+    config = frozen_config(calls=600, seed=11, error_rate=0.05, reset_rate=0.01, truncate_rate=0.01)
     async with Simulator(config, host="127.0.0.1", port=0) as server:
         yield server
 
@@ -72,8 +87,9 @@ async def test_every_id_once_and_ok_rows_equal_the_truth(sim: Simulator, tmp_pat
 
     check = verify_dataset(tmp_path / "out", sim.population)
     assert check.clean, check.mismatches[:5]
-    statuses = dict(zip(table.column("call_id").to_pylist(), table.column("status").to_pylist(),
-                        strict=True))
+    statuses = dict(
+        zip(table.column("call_id").to_pylist(), table.column("status").to_pylist(), strict=True)
+    )
     now = sim.now()
     for call_id in ids:
         visible = sim.population.visible(call_id, now)
@@ -100,12 +116,15 @@ async def test_dataset_reads_the_same_in_duckdb(sim: Simulator, tmp_path: Path) 
         assert pq.read_schema(part).metadata[b"auditor.schema_version"] == b"1"
     arrow = read_dataset(out)
     con = duckdb.connect()
-    by_status = dict(con.execute(
-        f"SELECT status, count(*) FROM '{out}/*.parquet' GROUP BY status").fetchall())
+    by_status = dict(
+        con.execute(f"SELECT status, count(*) FROM '{out}/*.parquet' GROUP BY status").fetchall()
+    )
     assert by_status == dict(Counter(arrow.column("status").to_pylist()))
-    types = dict(con.execute(
-        f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '{out}/*.parquet')"
-    ).fetchall())
+    types = dict(
+        con.execute(
+            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '{out}/*.parquet')"
+        ).fetchall()
+    )
     assert types["start_time"] == "TIMESTAMP WITH TIME ZONE"
     assert types["stir_shaken"] == "MAP(VARCHAR, VARCHAR)"
     assert types["http_status"] == "SMALLINT"
@@ -116,7 +135,7 @@ async def test_dataset_reads_the_same_in_duckdb(sim: Simulator, tmp_path: Path) 
 
 
 async def test_legacy_basic_auth(tmp_path: Path) -> None:
-    async with Simulator(SimConfig(calls=50, seed=3), host="127.0.0.1", port=0) as sim:
+    async with Simulator(frozen_config(calls=50, seed=3), host="127.0.0.1", port=0) as sim:
         creds = BasicCredentials(sim.config.username, Secret(sim.config.password))
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         summary = await run_audit(config_for(sim, [source], tmp_path / "out", credentials=creds))
@@ -127,7 +146,7 @@ async def test_legacy_basic_auth(tmp_path: Path) -> None:
 
 
 async def test_refused_credentials_stop_at_once_and_keep_earlier_rows(tmp_path: Path) -> None:
-    async with Simulator(SimConfig(calls=200, seed=5), host="127.0.0.1", port=0) as sim:
+    async with Simulator(frozen_config(calls=200, seed=5), host="127.0.0.1", port=0) as sim:
         ids = list(sim.population.ids())
         first = write_ids(tmp_path / "first.csv", ids[:80])
         out = tmp_path / "out"
@@ -157,18 +176,24 @@ async def test_refused_credentials_stop_at_once_and_keep_earlier_rows(tmp_path: 
 
 
 async def test_rerun_resumes_and_retries_only_failed_ids(tmp_path: Path) -> None:
-    flaky = SimConfig(calls=300, seed=8, error_rate=0.4)
+    flaky = frozen_config(calls=300, seed=8, error_rate=0.4)
     out = tmp_path / "out"
     async with Simulator(flaky, host="127.0.0.1", port=0) as sim:
         ids = list(sim.population.ids())
         source = write_ids(tmp_path / "ids.csv", ids)
         first = await run_audit(config_for(sim, [source], out, max_attempts=1))
         assert first.exit_code == 1  # some ids failed
-        failed = {cid for cid, status in zip(read_dataset(out).column("call_id").to_pylist(),
-                                              read_dataset(out).column("status").to_pylist(),
-                                              strict=True) if status == "failed"}
+        failed = {
+            cid
+            for cid, status in zip(
+                read_dataset(out).column("call_id").to_pylist(),
+                read_dataset(out).column("status").to_pylist(),
+                strict=True,
+            )
+            if status == "failed"
+        }
         assert failed
-    async with Simulator(SimConfig(calls=300, seed=8), host="127.0.0.1", port=0) as sim:
+    async with Simulator(frozen_config(calls=300, seed=8), host="127.0.0.1", port=0) as sim:
         second = await run_audit(config_for(sim, [source], out))
         assert second.exit_code == 0
         assert set(sim.stats.served_by_id) == failed  # only the failed ids were asked again
@@ -183,7 +208,9 @@ async def test_rerun_resumes_and_retries_only_failed_ids(tmp_path: Path) -> None
 
 
 async def test_configured_rate_is_never_exceeded_in_any_second(tmp_path: Path) -> None:
-    async with Simulator(SimConfig(calls=300, seed=4, rate=100), host="127.0.0.1", port=0) as sim:
+    async with Simulator(
+        frozen_config(calls=300, seed=4, rate=100), host="127.0.0.1", port=0
+    ) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         summary = await run_audit(
             config_for(sim, [source], tmp_path / "out", rate=100, concurrency=None)
@@ -194,7 +221,7 @@ async def test_configured_rate_is_never_exceeded_in_any_second(tmp_path: Path) -
 
 
 async def test_limit_lower_than_configured_is_found_by_429s(tmp_path: Path) -> None:
-    config = SimConfig(calls=400, seed=9, rate=80)
+    config = frozen_config(calls=400, seed=9, rate=80)
     async with Simulator(config, host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         summary = await run_audit(config_for(sim, [source], tmp_path / "out", rate=400))
