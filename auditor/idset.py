@@ -37,14 +37,15 @@ class CompactIdSet:
 
     **Memory.** 16 bytes per slot. The table grows 1.5-fold when it gets more than 70 % full, so it
     sits between 47 % and 70 % full: 23 to 34 bytes per id (24.2 MB at 1,000,000 ids), against
-    100+ MB for a ``set`` of the same strings. While growing, the old and new tables exist
+    about 120 MB for a ``set`` of the same strings. While growing, the old and new tables exist
     together for a moment (up to ~57 bytes per id). :attr:`nbytes` reports the current table size.
 
-    **Speed.** Pure Python: hashing plus probing costs a few microseconds per :meth:`add`, far
-    below the cost of the HTTP request each new id leads to.
+    **Speed.** Pure Python. Measured on a 2-core VM with 1,000,000 ids: about 250,000 new ids
+    a second (450,000 when sized up front with *expected*, as regrowing costs half the time)
+    and 550,000 repeats a second. That is far above any account's request rate.
 
     The per-set salt makes slot positions unpredictable, so an input crafted to pile ids into
-    one probe chain cannot slow the set down. Not thread-safe: use it from one thread.
+    one probe chain cannot slow the set down. Not thread-safe: use it from one thread at a time.
 
     Args:
         expected: how many distinct ids to size the table for up front (avoids regrowing, for

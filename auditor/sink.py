@@ -133,6 +133,7 @@ class PartWriter:
                 row_group_size=max(1, table.num_rows),
                 use_dictionary=True,
                 write_statistics=True,
+                write_page_checksum=True,  # lets readers detect damaged pages
             )
             handle.flush()
             os.fsync(handle.fileno())

@@ -37,11 +37,13 @@ UTF-8 BOM, CRLF line ends,        handled (BOM dropped, CRLF and blank lines ign
 quoted fields, blank lines,       quoting, including newlines inside quotes; other columns
 extra columns                     are never converted, so their content does not matter)
 row with too many/few fields      error naming the row, from pyarrow's parser
+a row longer than 256 KiB         error, from pyarrow's parser
 gzip, Parquet, zip or UTF-16      error saying what the file looks like and what to do
 content in a ``.csv`` or on stdin
 ``;`` or tab separated header     error: only comma CSV is read
-corrupt ``.gz``                   error; before any request if the start is bad, else mid-stream
-                                  (the ids before the damage have been handed out already)
+corrupt ``.gz``                   error; before any request if the first 256 KiB are bad, else
+                                  mid-stream, after handing out the rows before the damage
+                                  (less pyarrow's last undecoded chunk), never a cut-short row
 corrupt Parquet                   error; footer/schema damage before any request, page damage
                                   mid-stream (damage inside compressed page data is only seen
                                   if the writer stored page checksums, which are verified)
@@ -211,11 +213,11 @@ def _csv_header(path: str, fmt: str, once: _OneShot | None) -> tuple[list[str], 
     stream = once.stream if once is not None else _open_binary(path)
     recorder = _Recorder(stream)
     try:
-        first = _Feed(_decompressed(recorder, fmt), newline=False).read(CSV_BLOCK_BYTES)
+        first = _Chain(_decompressed(recorder, fmt)).read(CSV_BLOCK_BYTES)
         for magic, problem in _MAGIC:
             if first.startswith(magic):
                 raise InputError(path, problem)
-        if len(first) < CSV_BLOCK_BYTES:  # the whole file: see _Feed about the final newline
+        if len(first) < CSV_BLOCK_BYTES:  # the whole file: see _CsvFeed on the final newline
             first += b"\n"
         else:  # cut the partial last row, which pyarrow would otherwise parse as a short row
             first = first[: first.rfind(b"\n") + 1] or first
@@ -377,7 +379,7 @@ def _estimate(inp: InputFile) -> int | None:
             return int(parquet.metadata.num_rows)
     sample_size = 1 << 16
     with open(inp.path, "rb") as raw:
-        sample = _Feed(_decompressed(raw, inp.format), newline=False).read(sample_size)
+        sample = _Chain(_decompressed(raw, inp.format)).read(sample_size)
     lines = sample.count(b"\n")
     if len(sample) < sample_size:  # the sample is the whole file
         return max(0, lines + (not sample.endswith(b"\n")) - inp.has_header)
@@ -402,21 +404,29 @@ def _csv_arrays(inp: InputFile) -> Iterator[pa.Array]:
         stream, prefix = _open_binary(inp.path), b""
     # Close what we opened, but leave sys.stdin alone: the interpreter owns it.
     with contextlib.nullcontext() if inp.path == STDIN else stream:
-        # The id column is read as binary: non-UTF-8 bytes then survive to be decoded leniently.
-        reader = pcsv.open_csv(
-            _pyarrow_file(_Feed(_decompressed(_Feed(stream, prefix, newline=False), inp.format))),
-            read_options=pcsv.ReadOptions(
-                block_size=CSV_BLOCK_BYTES,
-                column_names=None if inp.has_header else [inp.id_column],
-            ),
-            parse_options=_PARSE_OPTIONS,
-            convert_options=pcsv.ConvertOptions(
-                include_columns=[inp.id_column], column_types={inp.id_column: pa.binary()}
-            ),
-        )
-        with reader:
-            for batch in reader:
-                yield batch.column(0)
+        feed = _CsvFeed(_decompressed(_Chain(stream, prefix), inp.format))
+        try:
+            # The id column is read as binary, so non-UTF-8 bytes survive to be decoded leniently.
+            reader = pcsv.open_csv(
+                _pyarrow_file(feed),
+                read_options=pcsv.ReadOptions(
+                    block_size=CSV_BLOCK_BYTES,
+                    column_names=None if inp.has_header else [inp.id_column],
+                ),
+                parse_options=_PARSE_OPTIONS,
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=[inp.id_column], column_types={inp.id_column: pa.binary()}
+                ),
+            )
+            with reader:
+                for batch in reader:
+                    yield batch.column(0)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if feed.error is None:
+                raise
+            raise feed.error from exc  # a parse error at a cut-short end: report the cause
+        if feed.error is not None:
+            raise feed.error
 
 
 def _parquet_arrays(inp: InputFile, batch_rows: int) -> Iterator[pa.Array]:
@@ -483,19 +493,16 @@ class _Recorder(_PythonStream):
         return bytes(self._copy)
 
 
-class _Feed(_PythonStream):
-    """A readable stream for pyarrow: *prefix*, then *source*, then maybe one extra newline.
+class _Chain(_PythonStream):
+    """*prefix* (bytes a pre-flight took from a one-shot stream), then *source*.
 
-    pyarrow's CSV reader needs whole blocks: a short read before the end of the data makes it
-    fail to find the header, so reads are filled up to the size asked for. The extra newline
-    lets a header-only file with no final newline read as zero rows instead of failing
-    (a trailing blank line is ignored).
+    Reads are filled up to the size asked for, short only at the end: pyarrow's CSV reader
+    fails to find the header when its first read comes back short.
     """
 
-    def __init__(self, source: _Readable, prefix: bytes = b"", *, newline: bool = True) -> None:
+    def __init__(self, source: _Readable, prefix: bytes = b"") -> None:
         self._source = source
         self._prefix = prefix
-        self._ended = not newline
 
     def read(self, size: int = -1) -> bytes:
         out = bytearray()
@@ -508,11 +515,49 @@ class _Feed(_PythonStream):
                 continue
             data = self._source.read(want)
             if not data:
-                if self._ended:
-                    break
-                self._ended, data = True, b"\n"
+                break
             out += data
         return bytes(out)
+
+
+class _CsvFeed(_PythonStream):
+    """What pyarrow's CSV reader reads: *source* cut at line ends, plus one final newline.
+
+    pyarrow reads ahead in a background thread, and a read error there can surface before
+    the rows read earlier (or at ``open_csv``). So a read error here is kept in
+    :attr:`error` and shown to pyarrow as the end of the data; as only whole lines were
+    handed out, no cut-short row is parsed, every complete row before the damage comes out,
+    and the caller raises :attr:`error` afterwards. The final newline lets a header-only
+    file without one read as zero rows instead of failing (a blank last line is ignored).
+    """
+
+    def __init__(self, source: _Readable) -> None:
+        self._source = source
+        self._carry = b""  # the start of a line whose end has not been read yet
+        self._done = False
+        self.error: Exception | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size > 0 else CSV_BLOCK_BYTES
+        while not self._done:
+            if len(self._carry) >= size:  # a line longer than a block: pyarrow will say so
+                out, self._carry = self._carry[:size], self._carry[size:]
+                return out
+            try:
+                data = self._source.read(size - len(self._carry))
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                self.error, self._done, self._carry = exc, True, b""
+                return b""
+            if not data:
+                self._done = True
+                out, self._carry = self._carry + b"\n", b""
+                return out
+            chunk = self._carry + data
+            cut = chunk.rfind(b"\n") + 1
+            self._carry = chunk[cut:]
+            if cut:
+                return chunk[:cut]
+        return b""
 
 
 def _decompressed(stream: _Readable, fmt: str) -> _Readable:
