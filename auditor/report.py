@@ -97,7 +97,9 @@ async def _tick(callback: Any, interval: float) -> None:
 
 def print_summary(summary: RunSummary, stream: IO[str] = sys.stderr) -> None:
     """The end-of-run summary: counts, causes, verstat, timing, rate and where the data is."""
-    console = Console(file=stream, highlight=False, soft_wrap=True)
+    # Off a terminal rich assumes 80 columns, which would clip long disconnect causes.
+    width = None if stream.isatty() else 132
+    console = Console(file=stream, highlight=False, soft_wrap=True, width=width)
     console.print(
         f"[bold]auditor run {summary.run_id}[/bold]: {summary.rows_written} rows written, "
         f"{summary.skipped} ids skipped (duplicates or done earlier), "
