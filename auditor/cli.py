@@ -2,7 +2,8 @@
 
 Exit codes: 0 all done, 1 some ids failed, 2 bad usage, input or output directory (always
 before any request, or mid-stream for input that turns bad), 3 credentials refused,
-130 / 143 stopped by SIGINT / SIGTERM.  Errors are one line on stderr, never a traceback.
+4 the output could not be written mid-run (disk full), 130 / 143 stopped by SIGINT / SIGTERM.
+Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+import yarl
 
 from auditor.config import BasicCredentials, Credentials, OAuth2Credentials
 
@@ -36,6 +37,7 @@ class Response:
     body: bytes | None = None
     retry_after: str | None = None
     error: str | None = None
+    link: str | None = None  # List Calls: the raw Link header(s), comma-joined
 
 
 def basic_header(user: str, password: str) -> str:
@@ -168,6 +170,49 @@ class VoiceClient:
                 if body is None:
                     return Response(status, None, retry_after, _too_big(self._max_body))
                 return Response(status, body, retry_after)
+        except TimeoutError:
+            return Response(None, error="timed out")
+        except aiohttp.ClientError as exc:
+            return Response(None, error=_describe(exc))
+
+    @property
+    def list_url(self) -> str:
+        """List Calls for the account: ``.../accounts/{accountId}/calls`` (no query)."""
+        return self._prefix.rstrip("/")
+
+    async def get_list_page(
+        self, url: yarl.URL, auth: str, max_body: int, seconds: float
+    ) -> Response:
+        """GET one List Calls page at *url*, sent exactly as given (already encoded).
+
+        The caller builds *url* (filters) or takes it from a ``Link: rel="next"`` header; it
+        must already be checked to point at the API's origin.  Bodies are capped at
+        *max_body* bytes; a page of 10,000 calls is many megabytes, so its time limit,
+        *seconds*, is separate from the per-call one.
+        """
+        headers = {"Authorization": auth, "Accept": "application/json"}
+        try:
+            async with self._session.get(
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+            ) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                links = resp.headers.getall("Link", [])
+                link = ", ".join(links) if links else None
+                declared = resp.content_length
+                if declared is not None and declared > max_body:
+                    return Response(status, None, retry_after, _too_big(max_body))
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > max_body:
+                        return Response(status, None, retry_after, _too_big(max_body))
+                    chunks.append(chunk)
+                return Response(status, b"".join(chunks), retry_after, link=link)
         except TimeoutError:
             return Response(None, error="timed out")
         except aiohttp.ClientError as exc:

@@ -105,6 +105,8 @@ class AuditConfig:
     row_group_rows: int = 10_000
     flush_seconds: float = 30.0
     max_body_bytes: int = 1 << 20
+    #: None: flat part files; "date": Hive folders call_date=YYYY-MM-DD (auditor.partition)
+    partition_by: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,6 +124,8 @@ class AuditConfig:
             raise ConfigError("--max-attempts must be at least 1")
         if self.row_group_rows < 1:
             raise ConfigError("--row-group-rows must be at least 1")
+        if self.partition_by not in (None, "date"):
+            raise ConfigError("--partition-by must be 'date' or 'none'")
         if self.timeout <= 0:
             raise ConfigError("--timeout must be a positive number of seconds")
 

@@ -18,29 +18,30 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from auditor import sink, sources
 from auditor.callids import is_valid_call_id
 from auditor.client import AuthError, VoiceClient
 from auditor.config import AuditConfig
+from auditor.connection import Connection, connect
 from auditor.fetch import FetchStats, fetch_call
 from auditor.limits import RateGate
+from auditor.partition import open_writer
 from auditor.records import STATUS_INVALID_ID, Outcome, build_batch
 from auditor.retry import RetryPolicy
 
-EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_OUTPUT = 0, 1, 2, 3, 4
 _QUEUE_SLOTS = 1024
 #: Fetched-but-unwritten rows wait here; small, because a crash loses what is in it.
 _OUTCOME_SLOTS = 256
+_RESIZE_SECONDS = 0.5  # how often the auto pool resizes
 
 
 @dataclass
@@ -66,7 +67,8 @@ class RunSummary:
     max_workers: int = 0
     parts_written: int = 0
     superseded_failures_removed: int = 0
-    stopped: str | None = None  # "SIGINT", "SIGTERM", "auth", "input" when the run ended early
+    stopped: str | None = None  # SIGINT, SIGTERM, auth, input or output when it ended early
+    unwritten: int = 0  # rows fetched but lost because the output could not be written
     error: str | None = None
     exit_code: int = EXIT_OK
 
@@ -93,16 +95,44 @@ class Progress:
     workers: int = 0
 
 
-class Audit:
-    """A single run over one output directory; see :func:`auditor.run_audit`."""
+@dataclass
+class RunContext:
+    """What an audit shares with the other stages of one job (``auditor nightly``).
 
-    def __init__(self, config: AuditConfig) -> None:
+    Its owner has prepared the output directory; the audit then uses this connection (so
+    the rate limit, token and retry policy are shared), writes through this writer under
+    this run id, and counts into this progress.
+    """
+
+    connection: Connection
+    writer: sink.PartWriter
+    run_id: str
+    progress: Progress
+
+
+class Audit:
+    """A single run over one output directory; see :func:`auditor.run_audit`.
+
+    The ids come from ``config.inputs`` (files), or from *ids* when given: any iterable of
+    id strings, consumed in the reader thread (so it may block, e.g. read a file).  Ids
+    from *ids* are deduplicated and validated like file input, but not filtered by what the
+    output already holds: the caller has chosen them.
+    """
+
+    def __init__(
+        self,
+        config: AuditConfig,
+        ids: Iterable[str] | None = None,
+        context: RunContext | None = None,
+    ) -> None:
         self.config = config
-        self.progress = Progress()
+        self._ids = ids
+        self._context = context
+        self.progress = context.progress if context is not None else Progress()
         self._stop = asyncio.Event()
         self._stop_reason: str | None = None
         self._fatal: BaseException | None = None
-        self.run_id = sink.new_run_id()
+        self.run_id = context.run_id if context is not None else sink.new_run_id()
         self.summary = RunSummary(self.run_id, str(Path(config.output)))
         #: ids that failed in an earlier run and were fetched again in this one
         self.reaudited: set[str] = set()
@@ -116,15 +146,26 @@ class Audit:
         """A fatal error (refused credentials, unreadable input): stop, keep what we have."""
         if self._fatal is None:
             self._fatal = exc
-        self.request_stop("auth" if isinstance(exc, AuthError) else "input")
+        if isinstance(exc, AuthError):
+            self.request_stop("auth")
+        elif isinstance(exc, sink.OutputError):
+            self.request_stop("output")
+        else:
+            self.request_stop("input")
 
     # -- preflight -------------------------------------------------------------------------
 
     def preflight(self) -> tuple[list[sources.InputFile], sink.ResumeState]:
         """Everything that can fail before the first request: inputs, then the output dir."""
+        if self._ids is not None:
+            if self._context is None:
+                sink.prepare_output(self.config.output, self.config.fresh, scan=False)
+            ids = self._ids
+            self.progress.total_estimate = len(ids) if isinstance(ids, Sized) else None
+            return [], sink.ResumeState()
         inputs = sources.open_inputs(self.config.inputs, self.config.id_column)
         state = sink.prepare_output(self.config.output, self.config.fresh)
-        self.progress.total_estimate = _estimate_rows(inputs)
+        self.progress.total_estimate = sources.estimate_rows(inputs)
         return inputs, state
 
     # -- the run ---------------------------------------------------------------------------
@@ -136,48 +177,37 @@ class Audit:
         summary.configured_rate = self.config.rate
         ids: asyncio.Queue[str] = asyncio.Queue(_QUEUE_SLOTS)
         outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(_OUTCOME_SLOTS)
-        writer = sink.PartWriter(self.config.output, self.run_id)
-        stats = FetchStats()
-        gate = RateGate(self.config.rate)
-        connector = aiohttp.TCPConnector(limit=self.config.max_concurrency + 8)
-        timeout = aiohttp.ClientTimeout(
-            total=self.config.timeout, sock_connect=self.config.connect_timeout
-        )
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, trust_env=False
-        ) as session:
-            client = VoiceClient(
-                session,
-                self.config.base_url,
-                self.config.account_id,
-                self.config.credentials,
-                self.config.token_url,
-                self.config.max_body_bytes,
+        context = self._context
+        writer = context.writer if context else open_writer(self.config, self.run_id)
+        parts_before = len(writer.parts)
+        async with contextlib.AsyncExitStack() as scope:
+            connection = (
+                context.connection if context else await scope.enter_async_context(
+                    connect(self.config)
+                )
             )
+            client, gate, stats = connection.client, connection.gate, connection.stats
+            # A shared connection carries earlier stages' counts: report this stage's own.
+            before = (stats.requests, stats.throttled, stats.retried)
             pool = _WorkerPool(self, ids, outcomes, client, gate, stats)
-            writer_task = asyncio.create_task(self._write(outcomes, writer))
-            reader_task = asyncio.create_task(self._read(inputs, state, ids, outcomes))
+            writing = asyncio.create_task(self._write(outcomes, writer))
+            reading = asyncio.create_task(self._read(inputs, state, ids, outcomes))
+            stopping = asyncio.create_task(self._stop.wait())
             pool.start()
-            stop_task = asyncio.create_task(self._stop.wait())
             try:
-                done_reading = asyncio.create_task(self._drain(reader_task, ids))
-                await asyncio.wait({done_reading, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-                if not done_reading.done():
-                    done_reading.cancel()
-                    reader_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await done_reading
-                if reader_task.done() and not reader_task.cancelled():
-                    exc = reader_task.exception()
-                    if exc is not None:
-                        raise exc
+                # Done when every id is read and settled, or when something asks to stop.
+                await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                stop_task.cancel()
-                reader_task.cancel()
+                for task in (reading, stopping):
+                    task.cancel()
+                await asyncio.gather(reading, stopping, return_exceptions=True)
                 for outcome in await pool.close():
                     await outcomes.put(outcome)
                 await outcomes.put(None)
-                await writer_task
+                await writing
+            error = None if reading.cancelled() else reading.exception()
+            if error is not None:
+                raise error  # a bug, not bad input: InputError is handled in _read
             summary.tokens_fetched = client.tokens.tokens_fetched if client.tokens else 0
 
         summary.superseded_failures_removed = await asyncio.to_thread(
@@ -188,20 +218,24 @@ class Audit:
         )
         elapsed = time.monotonic() - started
         summary.elapsed_seconds = round(elapsed, 3)
-        summary.requests = stats.requests
-        summary.throttled = stats.throttled
-        summary.retried = stats.retried
-        summary.achieved_rate = round(stats.requests / elapsed, 2) if elapsed > 0 else 0.0
+        summary.requests = stats.requests - before[0]
+        summary.throttled = stats.throttled - before[1]
+        summary.retried = stats.retried - before[2]
+        summary.achieved_rate = round(summary.requests / elapsed, 2) if elapsed > 0 else 0.0
         summary.rate_cuts = gate.adaptive.cuts
         settled = gate.adaptive.last_rate
         summary.settled_rate = round(settled, 2) if settled is not None else None
         summary.max_workers = pool.max_workers
-        summary.parts_written = len(writer.parts)
+        summary.parts_written = len(writer.parts) - parts_before
         summary.stopped = self._stop_reason
         summary.exit_code = self._exit_code()
-        await asyncio.to_thread(
-            sink.write_run_summary, self.config.output, self.run_id, summary.as_dict()
-        )
+        try:
+            await asyncio.to_thread(
+                sink.write_run_summary, self.config.output, self.run_id, summary.as_dict()
+            )
+        except OSError as exc:
+            note = f"run summary not saved ({exc.strerror or type(exc).__name__})"
+            summary.error = f"{summary.error}; {note}" if summary.error else note
         return summary
 
     def _exit_code(self) -> int:
@@ -211,6 +245,9 @@ class Audit:
         if isinstance(self._fatal, sources.InputError):
             self.summary.error = str(self._fatal)
             return EXIT_BAD_INPUT
+        if isinstance(self._fatal, sink.OutputError):
+            self.summary.error = f"{self._fatal}; {self.summary.unwritten} fetched rows unwritten"
+            return EXIT_OUTPUT
         if self._stop_reason == "SIGINT":
             return 130
         if self._stop_reason == "SIGTERM":
@@ -219,10 +256,6 @@ class Audit:
 
     # -- stages ----------------------------------------------------------------------------
 
-    async def _drain(self, reader: asyncio.Task[None], ids: asyncio.Queue[str]) -> None:
-        await reader
-        await ids.join()
-
     async def _read(
         self,
         inputs: list[sources.InputFile],
@@ -230,8 +263,12 @@ class Audit:
         ids: asyncio.Queue[str],
         outcomes: asyncio.Queue[Outcome | None],
     ) -> None:
-        """Stream ids into the queues; the blocking file reading runs in a thread."""
-        counter = _RowCounter(sources.iter_id_batches(inputs))
+        """Stream ids into the queues, then wait until workers have settled every one.
+
+        The blocking file reading runs in a thread, one batch at a time.
+        """
+        batches = sources.iter_id_batches(inputs) if self._ids is None else _batched(self._ids)
+        counter = _RowCounter(batches)
         unique = sources.unique_ids(counter, state.done)
         kept = 0
         try:
@@ -249,6 +286,7 @@ class Audit:
                         await ids.put(call_id)
                     else:
                         await outcomes.put(_invalid(call_id))
+            await ids.join()  # every queued id fetched and handed to the writer
         except sources.InputError as exc:
             self.fail(exc)
 
@@ -263,11 +301,16 @@ class Audit:
         buffer: list[Outcome] = []
         deadline = time.monotonic() + self.config.flush_seconds
         while True:
+            # Take what is queued without suspending: wait_for() costs a task, a timer and
+            # two extra event-loop turns per item, about as much as the request itself.
             try:
-                timeout = max(0.0, deadline - time.monotonic())
-                item = await asyncio.wait_for(outcomes.get(), timeout)
-            except TimeoutError:
-                item = _TICK
+                item = outcomes.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    timeout = max(0.0, deadline - time.monotonic())
+                    item = await asyncio.wait_for(outcomes.get(), timeout)
+                except TimeoutError:
+                    item = _TICK
             if item is None:
                 break
             if item is not _TICK:
@@ -276,11 +319,19 @@ class Audit:
                 self.progress.by_status[item.status] += 1
             if len(buffer) >= self.config.row_group_rows or time.monotonic() >= deadline:
                 if buffer:
-                    await asyncio.to_thread(self._flush, buffer, writer)
+                    await self._publish(buffer, writer)
                     buffer = []
                 deadline = time.monotonic() + self.config.flush_seconds
         if buffer:
+            await self._publish(buffer, writer)
+
+    async def _publish(self, buffer: list[Outcome], writer: sink.PartWriter) -> None:
+        try:
             await asyncio.to_thread(self._flush, buffer, writer)
+        except OSError as exc:  # disk full, folder removed: stop, and say how much is lost
+            self.summary.unwritten += len(buffer)
+            reason = exc.strerror or type(exc).__name__
+            self.fail(sink.OutputError(f"{writer.directory}: cannot write a part ({reason})"))
 
     def _flush(self, buffer: list[Outcome], writer: sink.PartWriter) -> None:
         """Runs in a thread: normalise, write the part, tally the summary's counts."""
@@ -294,23 +345,18 @@ class Audit:
 _TICK = Outcome("", "", None, 0, 0.0)  # a wake-up with nothing to write
 
 
-def _estimate_rows(inputs: list[sources.InputFile]) -> int | None:
-    """Rows in the inputs, for the progress bar's ETA; None when it would cost a full read.
-
-    Parquet footers hold the count.  Plain CSV files are counted by newlines, which runs at
-    disk speed; gzip and stdin are not counted.
-    """
-    total = 0
-    for item in inputs:
-        if item.format == "parquet":
-            total += pq.ParquetFile(item.path).metadata.num_rows
-        elif item.format == "csv" and item.path != "-":
-            with open(item.path, "rb") as handle:
-                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-            total += max(0, lines - 1)
-        else:
-            return None
-    return total
+def _batched(ids: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
+    """Stripped, non-blank ids in lists of at most *size*, like file input gives them."""
+    batch: list[str] = []
+    for raw in ids:
+        call_id = raw.strip()
+        if call_id:
+            batch.append(call_id)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _invalid(call_id: str) -> Outcome:
@@ -404,16 +450,42 @@ class _WorkerPool:
         self._audit.progress.workers = len(self._tasks)
 
     async def _autosize(self) -> None:
-        config = self._audit.config
-        rate = config.rate or math.inf
+        stats = self._stats
+        base = math.inf  # the lowest smoothed latency seen: the round trip without queueing
+        done_before, then = stats.requests, time.monotonic()
         while True:
-            await asyncio.sleep(0.5)
-            latency = self._stats.latency_ewma
-            if latency is None:
+            await asyncio.sleep(_RESIZE_SECONDS)
+            now = time.monotonic()
+            done, elapsed = stats.requests - done_before, now - then
+            done_before, then = stats.requests, now
+            latency = stats.latency_ewma
+            if latency is None or done == 0:
                 continue
-            wanted = rate * latency * 1.5 + 2
-            self.target = int(min(config.max_concurrency, max(2, math.ceil(wanted))))
+            base = min(base, latency)
+            wanted = self._wanted(done / elapsed, latency, base, now)
+            self.target = int(min(self._audit.config.max_concurrency, max(2, math.ceil(wanted))))
             self._resize()
+
+    def _wanted(self, throughput: float, latency: float, base: float, now: float) -> float:
+        """How many requests should be in flight.
+
+        With a rate, Little's law: ``rate x latency`` are in flight on average, and 1.5x
+        plus 2 absorbs the latency's spread (the rate is the adaptive one once a 429 has
+        lowered it).  Without a rate there is no throughput to aim for, so the pool probes
+        like TCP Vegas: while latency stays near the unloaded round trip, more requests in
+        flight means more done, and it grows by half; once latency climbs well above it,
+        requests only queue (at the server, or in this process), and it shrinks to
+        ``throughput x unloaded latency`` with the same slack.
+        """
+        rate = self._gate.configured
+        if rate is not None:
+            adaptive = self._gate.adaptive.rate(now)
+            return min(rate, adaptive or rate) * latency * 1.5 + 2
+        if latency < 1.3 * base:
+            return self.target * 1.5
+        if latency > 2.0 * base:
+            return throughput * base * 1.5 + 2
+        return self.target
 
     async def _work(self) -> None:
         while len(self._tasks) <= self.target:

@@ -3,6 +3,7 @@
 Layout of an output directory::
 
     part-<run>-<seq>.parquet     data, zstd, one row group per file (readers glob *.parquet)
+    call_date=YYYY-MM-DD/part-…  the same, in Hive-style folders with ``--partition-by date``
     .part-<run>-<seq>.tmp        a part being written; never visible to readers
     _auditor/runs/<run>.json     one summary per finished (or stopped) run
 
@@ -55,11 +56,15 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def prepare_output(directory: str | os.PathLike[str], fresh: bool) -> ResumeState:
+def prepare_output(
+    directory: str | os.PathLike[str], fresh: bool, scan: bool = True
+) -> ResumeState:
     """Check *directory* can hold the dataset, tidy it, and load what earlier runs did.
 
     Refuses a path that is a file, is not writable, or holds parts of another schema.
-    ``fresh`` deletes earlier parts (ours only) instead of resuming from them.
+    ``fresh`` deletes earlier parts (ours only) instead of resuming from them.  With
+    ``scan=False`` the directory is checked and tidied but earlier rows are not loaded.
+    Parts are found at any depth (Hive partition folders), skipping ``.``/``_`` names.
     """
     path = Path(directory)
     if path.exists() and not path.is_dir():
@@ -73,9 +78,9 @@ def prepare_output(directory: str | os.PathLike[str], fresh: bool) -> ResumeStat
     except OSError as exc:
         raise OutputError(f"{path}: output directory is not writable ({exc.strerror})") from None
 
-    for stale in path.glob(".part-*.tmp"):  # left by a crash: never published, safe to drop
+    for stale in _walk(path, ".part-*.tmp"):  # left by a crash: never published, safe to drop
         stale.unlink(missing_ok=True)
-    parts = sorted(path.glob(PART_GLOB))
+    parts = sorted(_walk(path, PART_GLOB))
     for part in parts:
         _check_schema(part)
     state = ResumeState()
@@ -83,6 +88,8 @@ def prepare_output(directory: str | os.PathLike[str], fresh: bool) -> ResumeStat
         for part in parts:
             part.unlink()
         _fsync_dir(path)
+        return state
+    if not scan:
         return state
     for part in parts:
         table = pq.read_table(part, columns=["call_id", "status"])
@@ -121,24 +128,35 @@ class PartWriter:
         self.parts: list[Path] = []
         self.rows = 0
 
-    def write(self, batch: pa.RecordBatch) -> Path:
-        final = self.directory / f"part-{self.run_id}-{len(self.parts):05d}.parquet"
-        temp = self.directory / f".{final.stem}.tmp"
+    def write(self, batch: pa.RecordBatch, subdir: str | None = None) -> Path:
+        """Publish *batch* as the next part, in ``directory/subdir`` when given."""
+        folder = self.directory
+        if subdir is not None:
+            folder = self.directory / subdir
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.directory)
+        final = folder / f"part-{self.run_id}-{len(self.parts):05d}.parquet"
+        temp = folder / f".{final.stem}.tmp"
         table = pa.Table.from_batches([batch], schema=SCHEMA)
-        with open(temp, "wb") as handle:
-            pq.write_table(
-                table,
-                handle,
-                compression="zstd",
-                row_group_size=max(1, table.num_rows),
-                use_dictionary=True,
-                write_statistics=True,
-                write_page_checksum=True,  # lets readers detect damaged pages
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-        _fsync_dir(self.directory)
+        try:
+            with open(temp, "wb") as handle:
+                pq.write_table(
+                    table,
+                    handle,
+                    compression="zstd",
+                    row_group_size=max(1, table.num_rows),
+                    use_dictionary=True,
+                    write_statistics=True,
+                    write_page_checksum=True,  # lets readers detect damaged pages
+                )
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)  # e.g. a full disk: leave no half file behind
+            raise
+        _fsync_dir(folder)
         self.parts.append(final)
         self.rows += table.num_rows
         return final
@@ -156,7 +174,7 @@ def drop_superseded_failures(
         return 0
     removed = 0
     wanted = pa.array(sorted(reaudited), pa.string())
-    for part in sorted(Path(directory).glob(PART_GLOB)):
+    for part in sorted(_walk(Path(directory), PART_GLOB)):
         if part in keep:
             continue
         table = pq.read_table(part)
@@ -178,7 +196,7 @@ def drop_superseded_failures(
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, part)
-        _fsync_dir(Path(directory))
+        _fsync_dir(part.parent)
     return removed
 
 
@@ -204,7 +222,16 @@ def write_atomic(target: Path, data: bytes) -> None:
 
 
 def iter_parts(directory: str | os.PathLike[str]) -> Iterator[Path]:
-    yield from sorted(Path(directory).glob(PART_GLOB))
+    """Every published part, at any depth (Hive partition folders included), sorted."""
+    yield from sorted(_walk(Path(directory), PART_GLOB))
+
+
+def _walk(directory: Path, pattern: str) -> Iterator[Path]:
+    """Files matching *pattern* under *directory*, not descending into ``.``/``_`` folders."""
+    yield from directory.glob(pattern)
+    for child in directory.iterdir() if directory.is_dir() else ():
+        if child.is_dir() and not child.name.startswith((".", "_")):
+            yield from _walk(child, pattern)
 
 
 def read_dataset(

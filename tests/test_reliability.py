@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,36 @@ def test_secrets_never_show_in_repr() -> None:
     assert "hunter2-very-secret" not in repr(config)
     assert "hunter2-very-secret" not in str(config.credentials)
     assert "***" in repr(config)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that fills up mid-run (needs root, as in CI)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+async def test_full_disk_stops_with_exit_4_and_no_half_file(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    async with Simulator(frozen_config(calls=3000, seed=33), host="127.0.0.1", port=0) as sim:
+        source = write_ids(tmp_path / "ids.csv", sim.population.ids())
+        out = tiny_disk / "out"
+        summary = await run_audit(config_for(sim, [source], out, row_group_rows=100))
+        assert summary.exit_code == 4
+        assert "cannot write a part (No space left on device)" in str(summary.error)
+        assert summary.unwritten > 0 and summary.stopped == "output"
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        written = read_dataset(out)  # every published part still reads
+        assert 0 < written.num_rows < 3000
+        assert written.num_rows == summary.rows_written
