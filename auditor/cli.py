@@ -26,7 +26,7 @@ from auditor.config import (
     credentials_from_env,
 )
 from auditor.pipeline import EXIT_BAD_INPUT, Audit, RunSummary
-from auditor.report import live_progress, print_summary
+from auditor.console import live_progress, print_summary
 from auditor.sink import OutputError
 from auditor.sources import InputError
 

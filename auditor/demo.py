@@ -16,7 +16,7 @@ from pathlib import Path
 
 from auditor.config import AuditConfig, OAuth2Credentials, Secret
 from auditor.pipeline import Audit
-from auditor.report import live_progress, print_summary
+from auditor.console import live_progress, print_summary
 from auditor.simulator import SimConfig, Simulator
 from auditor.verify import verify_dataset
 
