@@ -25,8 +25,8 @@ from auditor.config import (
     ConfigError,
     credentials_from_env,
 )
-from auditor.pipeline import EXIT_BAD_INPUT, Audit, RunSummary
 from auditor.console import live_progress, print_summary
+from auditor.pipeline import EXIT_BAD_INPUT, Audit, RunSummary
 from auditor.sink import OutputError
 from auditor.sources import InputError
 

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from auditor.config import AuditConfig, OAuth2Credentials, Secret
-from auditor.pipeline import Audit
 from auditor.console import live_progress, print_summary
+from auditor.pipeline import Audit
 from auditor.simulator import SimConfig, Simulator
 from auditor.verify import verify_dataset
 

@@ -57,10 +57,10 @@ LIST_MAX_BODY: Final = 256 << 20
 #: Windows queried at once.  Each holds up to a page of bodies in memory.
 LIST_PARALLEL: Final = 2
 #: After a capped query, the part of the window holding this share of the returned calls
-#: is queried again on its own; the rest is cut into pieces expected to hold SPLIT_TARGET.
-LEFT_SHARE: Final = 0.8
+#: is queried again on its own; the rest is cut into pieces of growing length, the first
+#: expected to hold SPLIT_TARGET calls (see :func:`split_window`).
+LEFT_SHARE: Final = 0.9
 SPLIT_TARGET: Final = 7_500
-_MAX_PIECES: Final = 4096
 _MAX_PAGES: Final = LIST_CAP + 1
 SECOND_MS: Final = 1000
 DAY_MS: Final = 86_400_000
@@ -389,9 +389,8 @@ async def _query(
         if str(url) in seen or len(seen) >= _MAX_PAGES:
             return _Failed(window, "List Calls paging does not end (a next link repeats)")
         seen.add(str(url))
-        before = conn.stats.requests
         reply = await fetch_page(conn, url, seconds)
-        stats.requests += conn.stats.requests - before
+        stats.requests += reply.attempts
         if reply.bodies is None:
             return _Failed(window, reply.error or "failed")
         stats.pages += 1
@@ -423,12 +422,16 @@ def split_window(window: Window, starts: list[int]) -> list[Window]:
 
     *starts* are the sorted start times (inside the window) of the calls the capped query
     returned.  The service lists oldest first, so they are normally the window's earliest
-    calls: ``[start, m]``, with ``m`` the start of the returned call at LEFT_SHARE, holds
-    about that many calls and is queried again on its own, and the rest is cut into
-    equal-length pieces expected, at the density just seen, to hold SPLIT_TARGET calls
-    each.  If the service lists in another order the estimate is off, but every piece is
-    still strictly smaller than *window*, so splitting always ends.  Returns [] when the
-    window is one millisecond wide and cannot be split.
+    calls, and ``[start, m]`` with ``m`` the start of the returned call at LEFT_SHARE
+    holds about that many calls: it is queried again on its own.  The rest is cut into
+    pieces of growing length: the first long enough to hold SPLIT_TARGET calls at the
+    density just seen, each next one twice as long.  At a steady density the first piece
+    is complete and the later ones split again, now with an accurate density, so the
+    request count stays near calls / 10,000; after a burst (a density the rest of the
+    window does not have) the doubling reaches the window's end in a few pieces instead
+    of thousands.  If the service lists in another order the estimates are off, but
+    every piece is strictly smaller than *window*, so splitting always ends.  Returns []
+    when the window is one millisecond wide and cannot be split.
     """
     a, b = window.start_ms, window.end_ms
     if a == b:
@@ -436,10 +439,12 @@ def split_window(window: Window, starts: list[int]) -> list[Window]:
     m = starts[max(0, int(len(starts) * LEFT_SHARE) - 1)] if starts else a + (b - a) // 2
     if not a <= m < b:
         m = a + (b - a) // 2
-    left, rest = Window(a, m), Window(m + 1, b)
+    pieces = [Window(a, m)]
     sampled = sum(1 for start in starts if start <= m)
-    width = rest.end_ms - rest.start_ms + 1
-    expected = sampled * width / (m - a + 1) if sampled else float(SPLIT_TARGET)
-    pieces = int(min(_MAX_PIECES, width, max(1, math.ceil(expected / SPLIT_TARGET))))
-    cuts = [rest.start_ms + (width * k) // pieces for k in range(pieces + 1)]
-    return [left, *(Window(lo, hi - 1) for lo, hi in itertools.pairwise(cuts))]
+    step = max(1, (SPLIT_TARGET * (m - a + 1)) // sampled) if sampled else b - m
+    low = m + 1
+    while low <= b:
+        high = min(b, low + step - 1)
+        pieces.append(Window(low, high))
+        low, step = high + 1, step * 2
+    return pieces

@@ -71,6 +71,9 @@ class RunSummary:
     unwritten: int = 0  # rows fetched but lost because the output could not be written
     error: str | None = None
     exit_code: int = EXIT_OK
+    command: str = "run"  # or "discover", "nightly"
+    #: what List Calls did (discover, nightly) and the nightly plan; see auditor.nightly
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_written(self) -> int:
