@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import IO, Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (
@@ -66,13 +66,8 @@ async def live_progress(
             )
 
         with bar:
-            ticker = asyncio.create_task(_tick(refresh, 0.25))
-            try:
+            async with _every(0.25, refresh):
                 yield
-            finally:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
         return
 
     def log_line() -> None:
@@ -80,19 +75,26 @@ async def live_progress(
         done = progress.written + progress.skipped
         print(f"auditor: {done}{total} ids  {_counts_text(progress)}", file=stream, flush=True)
 
-    ticker = asyncio.create_task(_tick(log_line, interval))
+    async with _every(interval, log_line):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _every(interval: float, callback: Callable[[], None]) -> AsyncIterator[None]:
+    """Call *callback* every *interval* seconds while the block runs."""
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            callback()
+
+    ticker = asyncio.create_task(tick())
     try:
         yield
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-
-
-async def _tick(callback: Any, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        callback()
 
 
 def print_summary(summary: RunSummary, stream: IO[str] = sys.stderr) -> None:

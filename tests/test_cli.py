@@ -48,6 +48,29 @@ def sim_args(sim: Simulator) -> list[str]:
     return ["--base-url", sim.base_url, "--token-url", sim.token_url, "--no-progress"]
 
 
+async def start_run(
+    sim: Simulator, source: Path, out: Path, *extra: str
+) -> asyncio.subprocess.Process:
+    """``auditor run`` in the background, printing a progress line every 50 ms."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auditor", "run", str(source), "--output", str(out),
+        "--base-url", sim.base_url, "--token-url", sim.token_url, "--log-interval", "0.05",
+        *extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=sim_env(sim),
+    )  # fmt: skip
+
+
+async def until_progress(proc: asyncio.subprocess.Process, settled: int) -> bytes:
+    """Follow the run's progress lines until it has settled *settled* ids; returns them."""
+    assert proc.stderr is not None
+    seen = b""
+    while line := await proc.stderr.readline():
+        seen += line
+        match = re.match(rb"auditor: (\d+)", line)
+        if match and int(match.group(1)) >= settled:
+            break
+    return seen
+
+
 async def test_run_writes_the_dataset_and_a_summary(tmp_path: Path) -> None:
     async with Simulator(SimConfig(calls=120, seed=2), host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", [*sim.population.ids(), "bogus"])
@@ -138,34 +161,8 @@ async def test_wrong_credentials_exit_3_naming_the_variables(tmp_path: Path) -> 
 async def test_sigterm_flushes_what_was_fetched_and_exits_143(tmp_path: Path) -> None:
     async with Simulator(SimConfig(calls=3000, seed=2), host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "auditor",
-            "run",
-            str(source),
-            "--output",
-            str(tmp_path / "out"),
-            "--rate",
-            "200",
-            "--base-url",
-            sim.base_url,
-            "--token-url",
-            sim.token_url,
-            "--log-interval",
-            "0.1",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=sim_env(sim),
-        )
-        assert proc.stderr is not None
-        seen = b""
-        while True:  # follow its progress lines until it is well under way
-            line = await proc.stderr.readline()
-            seen += line
-            match = re.match(rb"auditor: (\d+)/", line)
-            if (match and int(match.group(1)) >= 100) or not line:
-                break
+        proc = await start_run(sim, source, tmp_path / "out", "--rate", "200")
+        seen = await until_progress(proc, 100)
         proc.send_signal(signal.SIGTERM)
         _, rest = await proc.communicate()
         err = seen + rest
@@ -238,31 +235,8 @@ async def test_unwritable_output_is_refused_before_any_request(tmp_path: Path) -
 async def test_sigint_stops_gracefully_with_exit_130(tmp_path: Path) -> None:
     async with Simulator(SimConfig(calls=2000, seed=2), host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "auditor",
-            "run",
-            str(source),
-            "--output",
-            str(tmp_path / "out"),
-            "--rate",
-            "300",
-            "--base-url",
-            sim.base_url,
-            "--token-url",
-            sim.token_url,
-            "--log-interval",
-            "0.1",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=sim_env(sim),
-        )
-        assert proc.stderr is not None
-        while line := await proc.stderr.readline():
-            match = re.match(rb"auditor: (\d+)/", line)
-            if match and int(match.group(1)) >= 50:
-                break
+        proc = await start_run(sim, source, tmp_path / "out", "--rate", "300")
+        await until_progress(proc, 50)
         proc.send_signal(signal.SIGINT)
         _, err = await proc.communicate()
         assert proc.returncode == 130, err.decode()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,48 +12,17 @@ import pyarrow.parquet as pq
 
 from auditor.simulator import Simulator
 from auditor.sink import read_dataset
-from tests.test_cli import sim_env
+from tests.test_cli import start_run, until_progress
 from tests.test_pipeline import frozen_config, write_ids
 
 ROW_GROUP = 200
 CONCURRENCY = 8
 OUTCOME_QUEUE = 256  # auditor.pipeline._OUTCOME_SLOTS
-
-
-async def _start(sim: Simulator, source: Path, out: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "auditor",
-        "run",
-        str(source),
-        "--output",
-        str(out),
-        "--rate",
-        "600",
-        "--concurrency",
-        str(CONCURRENCY),
-        "--row-group-rows",
-        str(ROW_GROUP),
-        "--base-url",
-        sim.base_url,
-        "--token-url",
-        sim.token_url,
-        "--log-interval",
-        "0.05",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=sim_env(sim),
-    )
+RUN_FLAGS = ("--rate", "600", "--concurrency", str(CONCURRENCY), "--row-group-rows", str(ROW_GROUP))
 
 
 async def _kill_after(proc: asyncio.subprocess.Process, done_at_least: int) -> None:
-    """Follow the run's progress lines; SIGKILL it once it has settled that many ids."""
-    assert proc.stderr is not None
-    while line := await proc.stderr.readline():
-        match = re.match(rb"auditor: (\d+)", line)
-        if match and int(match.group(1)) >= done_at_least:
-            break
+    await until_progress(proc, done_at_least)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
 
@@ -74,12 +40,12 @@ async def test_three_sigkills_then_resume(tmp_path: Path) -> None:
         source = write_ids(tmp_path / "ids.csv", ids)
         out = tmp_path / "out"
         for _ in range(3):
-            proc = await _start(sim, source, out)
+            proc = await start_run(sim, source, out, *RUN_FLAGS)
             await _kill_after(proc, rng.randrange(300, 1200))
             assert proc.returncode == -signal.SIGKILL
             _assert_readable_and_tidy(out)
 
-        final = await _start(sim, source, out)
+        final = await start_run(sim, source, out, *RUN_FLAGS)
         _, err = await final.communicate()
         assert final.returncode == 0, err.decode()
 
