@@ -31,10 +31,20 @@ class FetchStats:
     transport_errors: int = 0
     #: smoothed seconds per request, for sizing the worker pool (Little's law)
     latency_ewma: float | None = None
+    #: workers asleep on a Retry-After or a backoff: the pool adds as many, so that they
+    #: do not hold back the requests that may go meanwhile
+    sleeping: int = 0
 
     def observe_latency(self, seconds: float) -> None:
         previous = self.latency_ewma
         self.latency_ewma = seconds if previous is None else previous + 0.05 * (seconds - previous)
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeping += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.sleeping -= 1
 
 
 async def fetch_call(
@@ -47,8 +57,10 @@ async def fetch_call(
     attempts = failures = throttles = 0
     refreshed_token = False
     while True:
-        auth = await client.auth_header()
-        sent_at = await gate.acquire()
+        auth = client.auth_header_now() or await client.auth_header()
+        sent_at = gate.admit_now()
+        if sent_at is None:
+            sent_at = await gate.acquire()
         response = await client.get_call_state(call_id, auth)
         stats.observe_latency(time.monotonic() - sent_at)
         attempts += 1
@@ -81,18 +93,18 @@ async def fetch_call(
         if verdict is Verdict.THROTTLED:
             stats.throttled += 1
             throttles += 1
-            gate.throttled(sent_at)
+            hint = parse_retry_after(response.retry_after, time.time())
+            gate.throttled(sent_at, hint)
             if throttles > policy.max_throttled:
                 return _failed(call_id, status, attempts, f"still throttled after {throttles} 429s")
-            hint = parse_retry_after(response.retry_after, time.time())
-            await asyncio.sleep(policy.throttle_wait(hint, throttles))
+            await stats.sleep(policy.throttle_wait(hint, throttles))
             continue
         if verdict is Verdict.RETRY:
             failures += 1
             if failures >= policy.max_attempts:
                 return _failed(call_id, status, attempts, error)
             stats.retried += 1
-            await asyncio.sleep(policy.backoff(failures))
+            await stats.sleep(policy.backoff(failures))
             continue
         return _failed(call_id, status, attempts, error)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ from aiolimiter import AsyncLimiter
 
 #: Share of the configured rate the ceiling drains at; the rest absorbs network jitter.
 CEILING_HEADROOM = 0.985
+#: How far ahead of its slot the adaptive pacer lets a request go (makes up timer lateness).
+PACER_TOLERANCE = 0.004
 
 
 def ceiling_params(rate: float) -> tuple[float, float]:
@@ -51,42 +54,68 @@ class AdaptiveRate:
     """CUBIC rate control (AWS SDK adaptive retry): cut on throttling, regrow smoothly.
 
     ``rate(now)`` is None until the first throttle, meaning "no adaptive limit".
+
+    A *congestion event* is one cut.  A 429 belongs to the event of the latest cut when its
+    request was sent before that cut plus *hold*: the Retry-After the server gave with the
+    429 that caused the cut.  A server that counts a sliding window goes on refusing until
+    the traffic sent before the cut has left its window, and it says how long that is; a
+    429 within that time is no news about the new rate, and cutting again for it would
+    compound into a collapse (0.7**n in a fraction of a second).
     """
 
     ceiling: float
     floor: float = 0.5
     beta: float = 0.7
     scale: float = 0.4  # C, in req/s per s**3, as the AWS SDKs use
+    #: seconds over which :attr:`last_rate` averages the adaptive rate
+    settle_seconds: float = 10.0
     _w_max: float = 0.0
     _k: float = 0.0
     _cut_at: float | None = None
+    _event_until: float = -math.inf
     cuts: int = 0
     min_rate: float | None = None
-    _last_rate: float | None = field(default=None, repr=False)
+    _mean: float | None = field(default=None, repr=False)
+    _mean_at: float = field(default=0.0, repr=False)
+
+    @property
+    def active(self) -> bool:
+        """True once a 429 has set an adaptive rate."""
+        return self._cut_at is not None
 
     def rate(self, now: float) -> float | None:
         if self._cut_at is None:
             return None
         t = now - self._cut_at
-        value = self.scale * (t - self._k) ** 3 + self._w_max
-        self._last_rate = min(self.ceiling, max(self.floor, value))
-        return self._last_rate
+        value = min(self.ceiling, max(self.floor, self.scale * (t - self._k) ** 3 + self._w_max))
+        if self._mean is None:
+            self._mean = value
+        elif now > self._mean_at:
+            weight = 1.0 - math.exp((self._mean_at - now) / self.settle_seconds)
+            self._mean += weight * (value - self._mean)
+        self._mean_at = max(self._mean_at, now)
+        return value
 
-    def on_throttle(self, sent_at: float, now: float, measured: float | None = None) -> bool:
+    def on_throttle(
+        self, sent_at: float, now: float, measured: float | None = None, hold: float = 0.0
+    ) -> bool:
         """Record a 429 for a request sent at *sent_at*; True when it caused a cut.
 
-        *measured* is the send rate achieved lately.  The first cut starts from it rather
-        than from a configured ceiling the client may never have reached; later cuts start
-        from the adaptive rate itself.
+        *measured* is the send rate achieved lately; as in the AWS SDKs the cut starts from
+        it when it is below the adaptive rate (or when there is none yet), not from a rate
+        the client never reached.  *hold* is the Retry-After of this 429, in seconds.
         """
-        if self._cut_at is not None and sent_at <= self._cut_at:
+        if self._cut_at is not None and sent_at <= self._event_until:
             return False
         current = self.rate(now)
-        if current is None:  # first throttle: start from what was really being sent
-            current = self.ceiling if measured is None else min(self.ceiling, measured)
+        if current is None:
+            current = self.ceiling
+        if measured is not None:
+            current = min(current, measured)
         self._w_max = current
         self._k = (self._w_max * (1 - self.beta) / self.scale) ** (1 / 3)
         self._cut_at = now
+        self._event_until = now + hold
         self.cuts += 1
         cut = max(self.floor, current * self.beta)
         self.min_rate = cut if self.min_rate is None else min(self.min_rate, cut)
@@ -94,8 +123,9 @@ class AdaptiveRate:
 
     @property
     def last_rate(self) -> float | None:
-        """The adaptive rate as last computed, for the run summary."""
-        return self._last_rate
+        """The rate it settled at, for the run summary: the adaptive rate averaged over the
+        last ``settle_seconds`` (CUBIC saws between 0.7x and just over the real limit)."""
+        return self._mean
 
 
 class AdaptivePacer:
@@ -104,13 +134,20 @@ class AdaptivePacer:
     Callers queue on a FIFO lock and only the head one sleeps, so each gap is computed from
     the rate *at admission*: when the rate regrows, the queue speeds up at once instead of
     draining slots reserved at an older, lower rate.
+
+    The gaps are kept on a schedule (GCRA), not measured from the last admission: the event
+    loop wakes a sleeper up to a millisecond or two late (epoll counts whole milliseconds),
+    and spacing from the late wake-up would lose that much every gap (at 500 req/s, 2.1 ms
+    gaps that came out as 3 ms held 70 % of the rate).  A request may go up to
+    :data:`PACER_TOLERANCE` ahead of its slot, so lateness is made up by the next one; the
+    long-run rate is still exactly the adaptive rate, and the ceiling still caps any second.
     """
 
     def __init__(self, control: AdaptiveRate, clock: Callable[[], float] = time.monotonic):
         self.control = control
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._last = -math.inf
+        self._slot = -math.inf  # when the next request is due
 
     async def acquire(self) -> None:
         if self.control.rate(self._clock()) is None:
@@ -121,9 +158,9 @@ class AdaptivePacer:
                 rate = self.control.rate(now)
                 if rate is None:
                     return
-                wait = self._last + 1.0 / rate - now
+                wait = self._slot - PACER_TOLERANCE - now
                 if wait <= 0:
-                    self._last = now
+                    self._slot = max(self._slot, now - PACER_TOLERANCE) + 1.0 / rate
                     return
                 await asyncio.sleep(wait)
 
@@ -137,21 +174,43 @@ class RateGate:
         self._ceiling = ceiling_limiter(rate) if rate else None
         self.adaptive = AdaptiveRate(ceiling=rate * CEILING_HEADROOM if rate else math.inf)
         self._pacer = AdaptivePacer(self.adaptive, clock)
-        self._window_start = clock()
-        self._window_count = 0
-        self.measured: float | None = None
+        #: send times of the last second: what the server's window holds of ours
+        self._recent: deque[float] = deque()
+
+    def admit_now(self) -> float | None:
+        """The send time when nothing limits this request (no rate set, no 429 yet).
+
+        None means ``await acquire()``.  The unlimited case then costs no coroutine.
+        """
+        if self._ceiling is not None or self.adaptive.active:
+            return None
+        return self._admitted(self._clock())
 
     async def acquire(self) -> float:
         """Wait for permission to send; returns the send time, for :meth:`throttled`."""
         await self._pacer.acquire()
         if self._ceiling is not None:
             await self._ceiling.acquire()
-        now = self._clock()
-        self._window_count += 1
-        if now - self._window_start >= 0.5:
-            self.measured = self._window_count / (now - self._window_start)
-            self._window_start, self._window_count = now, 0
+        return self._admitted(self._clock())
+
+    def _admitted(self, now: float) -> float:
+        recent = self._recent
+        recent.append(now)
+        while recent[0] <= now - 1.0:
+            recent.popleft()
         return now
 
-    def throttled(self, sent_at: float) -> None:
-        self.adaptive.on_throttle(sent_at, self._clock(), self.measured)
+    @property
+    def measured(self) -> float:
+        """Requests sent in the last second.  At the first 429 from a server that counts a
+        sliding second, this is its limit, seen from here."""
+        now = self._clock()
+        recent = self._recent
+        while recent and recent[0] <= now - 1.0:
+            recent.popleft()
+        return float(len(recent))
+
+    def throttled(self, sent_at: float, retry_after: float | None = None) -> None:
+        """A 429 came for the request sent at *sent_at*, with this Retry-After (seconds)."""
+        hold = retry_after if retry_after is not None else 1.0
+        self.adaptive.on_throttle(sent_at, self._clock(), self.measured, min(hold, 60.0))

@@ -28,7 +28,6 @@ by a later sweep once they start (``auditor nightly`` re-lists an overlap for th
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import re
 import time
@@ -150,13 +149,15 @@ class ListFilters:
         return [(name, value) for name, value in pairs if value is not None]
 
 
-def query_url(list_url: str, window: Window, filters: ListFilters) -> yarl.URL:
+def query_url(
+    list_url: str, window: Window, filters: ListFilters, page_size: int = PAGE_SIZE
+) -> yarl.URL:
     """The first page's URL, every value percent-encoded (``+1...`` becomes ``%2B1...``)."""
     params = [
         ("minStartTime", format_ms(window.start_ms)),
         ("maxStartTime", format_ms(window.end_ms)),
         *filters.params(),
-        ("pageSize", str(PAGE_SIZE)),
+        ("pageSize", str(page_size)),
     ]
     query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
     return yarl.URL(f"{list_url}?{query}", encoded=True)
@@ -305,6 +306,7 @@ class _Failed:
 class _Complete:
     window: Window
     outcomes: list[Outcome]
+    malformed: int = 0
 
 
 OnWindow = Callable[[Window, list[Outcome]], Awaitable[None]]
@@ -320,6 +322,7 @@ async def sweep(
     stats: ListStats | None = None,
     parallel: int = LIST_PARALLEL,
     page_seconds: float = 120.0,
+    page_size: int = PAGE_SIZE,
 ) -> ListStats:
     """List every call that started in *window*; ``await on_window(w, rows)`` per piece.
 
@@ -327,7 +330,9 @@ async def sweep(
     ``source = "list"`` (pieces never overlap; the same call can still come twice if the
     service lists it in two pieces, so callers deduplicate by ``call_id``).  Capped
     answers are never passed on.  When *stop* is set, no new query starts and the ones
-    running are abandoned (their pieces are simply not delivered).
+    running are abandoned (their pieces are simply not delivered).  *page_size* below
+    10,000 only adds requests (the cap is per query, across pages); it exists for tests
+    and for services that page smaller.
     """
     stats = stats if stats is not None else ListStats()
     filters = filters or ListFilters()
@@ -338,7 +343,11 @@ async def sweep(
         while todo or running:
             while todo and len(running) < parallel and not stop_wait.done():
                 piece = todo.pop(0)
-                running.add(asyncio.create_task(_query(conn, piece, filters, stats, page_seconds)))
+                running.add(
+                    asyncio.create_task(
+                        _query(conn, piece, filters, stats, page_seconds, page_size)
+                    )
+                )
             if stop_wait.done():
                 stats.stopped = True
                 break
@@ -352,6 +361,7 @@ async def sweep(
                 if isinstance(result, _Complete):
                     stats.complete += 1
                     stats.listed += len(result.outcomes)
+                    stats.malformed += result.malformed
                     await on_window(result.window, result.outcomes)
                 elif isinstance(result, _Capped):
                     stats.capped += 1
@@ -376,15 +386,20 @@ def _fail(stats: ListStats, window: Window, error: str) -> None:
 
 
 async def _query(
-    conn: Connection, window: Window, filters: ListFilters, stats: ListStats, seconds: float
+    conn: Connection,
+    window: Window,
+    filters: ListFilters,
+    stats: ListStats,
+    seconds: float,
+    page_size: int,
 ) -> _Capped | _Failed | _Complete:
     """All pages of one window's query; capped or complete, or failed after retries."""
     stats.queries += 1
-    url: yarl.URL | None = query_url(conn.client.list_url, window, filters)
+    url: yarl.URL | None = query_url(conn.client.list_url, window, filters, page_size)
     seen: set[str] = set()
     outcomes: list[Outcome] = []
     starts: list[int] = []
-    returned = 0
+    returned = malformed = 0
     while url is not None:
         if str(url) in seen or len(seen) >= _MAX_PAGES:
             return _Failed(window, "List Calls paging does not end (a next link repeats)")
@@ -398,7 +413,7 @@ async def _query(
         for body in reply.bodies:
             call_id = body.get("callId") if isinstance(body, dict) else None
             if not isinstance(call_id, str) or not is_valid_call_id(call_id):
-                stats.malformed += 1
+                malformed += 1
                 continue
             assert isinstance(body, dict)
             outcomes.append(
@@ -414,7 +429,7 @@ async def _query(
             starts.sort()
             return _Capped(window, starts)
         url = reply.next_url
-    return _Complete(window, outcomes)
+    return _Complete(window, outcomes, malformed)
 
 
 def split_window(window: Window, starts: list[int]) -> list[Window]:

@@ -42,6 +42,9 @@ _QUEUE_SLOTS = 1024
 #: Fetched-but-unwritten rows wait here; small, because a crash loses what is in it.
 _OUTCOME_SLOTS = 256
 _RESIZE_SECONDS = 0.5  # how often the auto pool resizes
+# Under a rate, a few spare workers always wait at the gate, so that a slow response or a
+# busy moment in this process never leaves a permitted slot unused (the gate banks ~none).
+_MIN_WORKERS = 8
 
 
 @dataclass
@@ -396,10 +399,12 @@ class _RowCounter:
 class _WorkerPool:
     """Workers that fetch ids from the queue; their number follows Little's law.
 
-    With ``--concurrency N`` there are exactly N.  In auto mode the pool starts small and,
+    With ``--concurrency N`` there are exactly N.  In auto mode the pool starts at 8 and,
     twice a second, resizes to ``rate x latency x 1.5 + 2`` (the requests that must be in
-    flight to hold the rate at the observed latency, with slack for its spread), capped at
-    ``max_concurrency``.  Surplus workers retire between requests.
+    flight to hold the rate at the observed latency, with slack for its spread; at least 8
+    under a rate, so that a worker is always waiting at the gate), plus one for each worker
+    asleep on a Retry-After or a backoff, capped at ``max_concurrency``.  Without a rate it
+    probes instead (see :meth:`_wanted`).  Surplus workers retire between requests.
     """
 
     def __init__(
@@ -424,7 +429,8 @@ class _WorkerPool:
         self._orphans: list[Outcome] = []
         self._canary = asyncio.Lock()
         config = audit.config
-        self.target = config.concurrency or min(config.max_concurrency, 8)
+        self.target = config.concurrency or min(config.max_concurrency, _MIN_WORKERS)
+        self._planned = self.target  # auto mode: the target before sleeping workers are added
         self.max_workers = 0
 
     def start(self) -> None:
@@ -462,11 +468,14 @@ class _WorkerPool:
             done, elapsed = stats.requests - done_before, now - then
             done_before, then = stats.requests, now
             latency = stats.latency_ewma
-            if latency is None or done == 0:
-                continue
-            base = min(base, latency)
-            wanted = self._wanted(done / elapsed, latency, base, now)
-            self.target = int(min(self._audit.config.max_concurrency, max(2, math.ceil(wanted))))
+            if latency is not None and done:
+                base = min(base, latency)
+                wanted = self._wanted(done / elapsed, latency, base, now)
+                floor = _MIN_WORKERS if self._gate.configured is not None else 2
+                self._planned = max(floor, math.ceil(wanted))
+            # Workers asleep on a Retry-After or a backoff are not in flight: add as many.
+            wanted_total = self._planned + stats.sleeping
+            self.target = int(min(self._audit.config.max_concurrency, wanted_total))
             self._resize()
 
     def _wanted(self, throughput: float, latency: float, base: float, now: float) -> float:
@@ -485,29 +494,43 @@ class _WorkerPool:
             adaptive = self._gate.adaptive.rate(now)
             return min(rate, adaptive or rate) * latency * 1.5 + 2
         if latency < 1.3 * base:
-            return self.target * 1.5
+            return self._planned * 1.5
         if latency > 2.0 * base:
             return throughput * base * 1.5 + 2
-        return self.target
+        return self._planned
 
     async def _work(self) -> None:
+        # The *_nowait calls skip a coroutine per queue operation when no wait is needed;
+        # at thousands of requests a second that overhead is a visible share of the CPU.
+        ids, outcomes = self._ids, self._outcomes
         while len(self._tasks) <= self.target:
-            call_id = await self._ids.get()
             try:
-                outcome = await self._fetch(call_id)
+                call_id = ids.get_nowait()
+            except asyncio.QueueEmpty:
+                call_id = await ids.get()
+            try:
+                if self._verified.is_set():
+                    outcome = await fetch_call(
+                        call_id, self._client, self._gate, self._policy, self._stats
+                    )
+                else:
+                    outcome = await self._fetch(call_id)
             except AuthError as exc:
                 self._audit.fail(exc)
                 return
             except BaseException:
-                self._ids.task_done()
+                ids.task_done()
                 raise
             try:
-                await self._outcomes.put(outcome)
-            except asyncio.CancelledError:
-                self._orphans.append(outcome)  # fetched: the writer still gets it
-                raise
-            finally:
-                self._ids.task_done()
+                outcomes.put_nowait(outcome)
+            except asyncio.QueueFull:
+                try:
+                    await outcomes.put(outcome)
+                except asyncio.CancelledError:
+                    self._orphans.append(outcome)  # fetched: the writer still gets it
+                    ids.task_done()
+                    raise
+            ids.task_done()
             self._audit.progress.requests = self._stats.requests
         task = asyncio.current_task()
         if task is not None:

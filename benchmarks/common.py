@@ -9,6 +9,7 @@ every benchmark can check its output row by row (``"ok"`` is that check, never a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -25,8 +26,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from auditor import sink
+from auditor import connection, sink
 from auditor.config import AuditConfig, OAuth2Credentials, Secret
+from auditor.limits import RateGate
 from auditor.pipeline import Audit, RunSummary
 from auditor.records import STATUS_NOT_FOUND, STATUS_OK, Outcome, build_batch
 from auditor.simulator import Population, SimConfig
@@ -134,6 +136,110 @@ async def simulator(calls: int, *, rate: float | None = None,
             _, err = await proc.communicate()
         if proc.returncode not in (0, -signal.SIGTERM):
             raise RuntimeError(f"simulator exited {proc.returncode}: {err.decode()[-500:]}")
+
+
+class StatsPoller:
+    """Samples the simulator's counters a few times a second while a run goes on.
+
+    From the samples: the request rate the server saw over the steady part of a run (from
+    the first second with traffic to the last one, less a margin at each end), not counting
+    the few hundred milliseconds of start-up and tail that a whole-run average includes.
+    """
+
+    def __init__(self, sim: Sim, interval: float = 0.25) -> None:
+        self.sim = sim
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (time, requests, 429s)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StatsPoller:
+        self._task = asyncio.create_task(self._poll())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        async with aiohttp.ClientSession() as session:
+            await self._sample(session)  # the final counts
+
+    async def _poll(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                await self._sample(session)
+                await asyncio.sleep(self.interval)
+
+    async def _sample(self, session: aiohttp.ClientSession) -> None:
+        async with session.get(f"{self.sim.info['url']}/_sim/stats?ids=0") as resp:
+            data = orjson.loads(await resp.read())
+        self.samples.append((time.monotonic(), int(data["total_requests"]),
+                             int(data["throttled"])))
+
+    def steady_rate(self, margin: float = 1.0, admitted: bool = True) -> float | None:
+        """Requests a second (429s left out when *admitted*) over the busy span, less
+        *margin* seconds at each end."""
+        busy = [s for s in self.samples if s[1] > self.samples[0][1]]
+        if len(busy) < 2:
+            return None
+        first = next(s for s in self.samples if s[1] > self.samples[0][1])
+        last = next(s for s in self.samples if s[1] == self.samples[-1][1])
+        start, end = first[0] + margin, last[0] - margin
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1.0:
+            return None
+        a, b = inside[0], inside[-1]
+        count = (b[1] - b[2]) - (a[1] - a[2]) if admitted else b[1] - a[1]
+        return count / (b[0] - a[0])
+
+    def rate_between(self, start: float, end: float) -> float | None:
+        """Admitted requests a second between two offsets (s) from the first busy sample."""
+        busy = [s for s in self.samples if s[1] > self.samples[0][1]]
+        if not busy:
+            return None
+        t0 = busy[0][0]
+        inside = [s for s in self.samples if t0 + start <= s[0] <= t0 + end]
+        if len(inside) < 2:
+            return None
+        a, b = inside[0], inside[-1]
+        return ((b[1] - b[2]) - (a[1] - a[2])) / (b[0] - a[0])
+
+
+class SendLog(RateGate):
+    """A rate gate that also keeps the peak number of sends in any sliding 1-second window."""
+
+    instances: list[SendLog] = []  # noqa: RUF012 - instrumentation for one benchmark
+
+    def __init__(self, rate: float | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(rate, *args, **kwargs)
+        self.recent: collections.deque[float] = collections.deque()
+        self.peak_window = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        SendLog.instances.append(self)
+
+    def _admitted(self, now: float) -> float:
+        recent = self.recent
+        recent.append(now)
+        while recent[0] <= now - 1.0:
+            recent.popleft()
+        self.peak_window = max(self.peak_window, len(recent))
+        if self.first is None:
+            self.first = now
+        self.last = now
+        return super()._admitted(now)
+
+
+@contextlib.contextmanager
+def logging_sends() -> Any:
+    """Make the next runs' rate gates :class:`SendLog`s (the benchmark reads them after)."""
+    SendLog.instances.clear()
+    original = connection.RateGate
+    connection.RateGate = SendLog  # type: ignore[misc]
+    try:
+        yield SendLog.instances
+    finally:
+        connection.RateGate = original  # type: ignore[misc]
 
 
 # -- inputs and outputs -----------------------------------------------------------------------
