@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="audit the call ids in INPUT files into --output")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help=".csv, .csv.gz, .parquet or -")
     run.add_argument("--output", "-o", required=True, metavar="DIR")
+    run.add_argument(
+        "--partition-by", choices=("none", "date"), default="none",
+        help="'date': Hive folders call_date=YYYY-MM-DD (default none: flat part files)",
+    )
     _add_run_options(run)
 
     demo = commands.add_parser("demo", help="the whole job against the built-in simulator")
@@ -210,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         fresh=args.fresh,
         row_group_rows=args.row_group_rows,
+        partition_by=None if args.partition_by == "none" else args.partition_by,
         progress=not args.no_progress,
     )
     summary = run_with_signals(config, args.log_interval)

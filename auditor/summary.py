@@ -8,17 +8,21 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from auditor import sink
+from auditor.dataset import read_latest
 from auditor.sink import OutputError
 
 
 def describe_dataset(directory: Path) -> str:
     if not directory.is_dir():
         raise OutputError(f"{directory}: not an output directory")
-    table = sink.read_dataset(
-        directory, ["call_id", "status", "disconnect_cause", "stir_shaken_verstat", "state"]
-    )
+    columns = ["call_id", "status", "disconnect_cause", "stir_shaken_verstat", "state"]
+    rows = sink.read_dataset(directory, ["call_id"]).num_rows
+    table = read_latest(directory, columns)  # counts are of calls: newest row each
     parts = len(list(sink.iter_parts(directory)))
-    lines = [f"dataset {directory}: {table.num_rows} rows in {parts} part files"]
+    lines = [
+        f"dataset {directory}: {table.num_rows} calls "
+        f"({rows} rows with history) in {parts} part files"
+    ]
     for column in ("status", "state", "disconnect_cause", "stir_shaken_verstat"):
         counts = Counter[str]()
         for chunk in table.column(column).chunks:

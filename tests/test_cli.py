@@ -94,6 +94,19 @@ async def test_run_writes_the_dataset_and_a_summary(tmp_path: Path) -> None:
         assert code == 0 and "121 rows" in out and "invalid_id=1" in out
 
 
+async def test_run_can_write_date_partitions(tmp_path: Path) -> None:
+    async with Simulator(SimConfig(calls=200, seed=2), host="127.0.0.1", port=0) as sim:
+        source = write_ids(tmp_path / "ids.csv", sim.population.ids())
+        code, _, err = await auditor(
+            "run", str(source), "--output", str(tmp_path / "out"), "--partition-by", "date",
+            "--rate", "1000", *sim_args(sim), env=sim_env(sim),
+        )  # fmt: skip
+        assert code == 0, err
+        folders = {p.parent.name for p in (tmp_path / "out").rglob("*.parquet")}
+        assert len(folders) >= 8 and all(f.startswith("call_date=20") for f in folders)
+        assert read_dataset(tmp_path / "out").num_rows == 200
+
+
 @pytest.mark.parametrize(
     ("args", "env_extra", "message"),
     [

@@ -102,6 +102,11 @@ async def test_multi_run_dataset_reads_the_same_in_duckdb_polars_and_pandas(
     assert duck_dates == polars_dates == pandas_dates
     assert sum(duck_dates.values()) == latest.num_rows and len(duck_dates) >= 8
     assert {"ok", "not_found", "invalid_id"} <= set(duck_status)
+    # `auditor summary` counts calls by their newest row too, and says how much is history
+    described = describe_dataset(out)
+    assert f"{latest.num_rows} calls ({rows.num_rows} rows with history)" in described
+    ok_line = next(line for line in described.splitlines() if "status:" in line)
+    assert f"ok={duck_status['ok']}" in ok_line
 
 
 async def test_run_resume_and_summary_on_a_partitioned_dataset(tmp_path: Path) -> None:
