@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -18,6 +19,8 @@ from auditor.client import AuthError, Response, VoiceClient
 from auditor.limits import RateGate
 from auditor.records import STATUS_FAILED, STATUS_NOT_FOUND, STATUS_OK, Outcome
 from auditor.retry import RetryPolicy, Verdict, classify, parse_retry_after
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,13 +50,36 @@ class FetchStats:
             self.sleeping -= 1
 
 
-async def fetch_call(
-    call_id: str,
+@dataclass(slots=True)
+class Settled(Generic[T]):
+    """How a request ended once the policy was done with it (auth failures raise instead)."""
+
+    verdict: Verdict  # OK (value is set), NOT_FOUND, or FAIL
+    status: int | None
+    attempts: int
+    value: T | None = None
+    error: str | None = None
+
+
+#: Turns a 200 into a value, or says why not and whether asking again could help.
+Decode = Callable[[Response], Awaitable[tuple[T | None, str | None, bool]]]
+
+
+async def send_with_policy(
+    send: Callable[[str], Awaitable[Response]],
+    decode: Decode[T],
     client: VoiceClient,
     gate: RateGate,
     policy: RetryPolicy,
     stats: FetchStats,
-) -> Outcome:
+) -> Settled[T]:
+    """Send one API request until it settles: the single retry loop every command uses.
+
+    *send* takes the Authorization header value.  Each attempt first passes the rate
+    gate.  429s wait their Retry-After and tell the gate; 5xx, transport errors and broken
+    200 bodies back off with full jitter, up to ``max_attempts``; a 401 with an OAuth2 token
+    gets one fresh token, then (like 403) raises :class:`AuthError`.
+    """
     attempts = failures = throttles = 0
     refreshed_token = False
     while True:
@@ -61,7 +87,7 @@ async def fetch_call(
         sent_at = gate.admit_now()
         if sent_at is None:
             sent_at = await gate.acquire()
-        response = await client.get_call_state(call_id, auth)
+        response = await send(auth)
         stats.observe_latency(time.monotonic() - sent_at)
         attempts += 1
         stats.requests += 1
@@ -75,15 +101,16 @@ async def fetch_call(
             error = response.error or (None if verdict is Verdict.OK else _error_text(response))
 
         if verdict is Verdict.OK and error is None:
-            body, error = _decode_body(response.body, call_id)
-            if body is not None:
-                return Outcome(call_id, STATUS_OK, status, attempts, time.time(), None, body)
-            verdict = Verdict.RETRY  # a broken 200 is a transport accident: ask again
+            value, error, retryable = await decode(response)
+            if value is not None:
+                return Settled(Verdict.OK, status, attempts, value)
+            # a broken 200 is usually a transport accident: ask again
+            verdict = Verdict.RETRY if retryable else Verdict.FAIL
         elif verdict is Verdict.OK:
             verdict = Verdict.RETRY  # e.g. body over the size cap
 
         if verdict is Verdict.NOT_FOUND:
-            return Outcome(call_id, STATUS_NOT_FOUND, status, attempts, time.time())
+            return Settled(Verdict.NOT_FOUND, status, attempts)
         if verdict is Verdict.AUTH:
             if status == 401 and client.tokens is not None and not refreshed_token:
                 client.tokens.invalidate(auth)  # revoked early? one fresh token, then give up
@@ -96,17 +123,45 @@ async def fetch_call(
             hint = parse_retry_after(response.retry_after, time.time())
             gate.throttled(sent_at, hint)
             if throttles > policy.max_throttled:
-                return _failed(call_id, status, attempts, f"still throttled after {throttles} 429s")
+                error = f"still throttled after {throttles} 429s"
+                return Settled(Verdict.FAIL, status, attempts, error=error)
             await stats.sleep(policy.throttle_wait(hint, throttles))
             continue
         if verdict is Verdict.RETRY:
             failures += 1
             if failures >= policy.max_attempts:
-                return _failed(call_id, status, attempts, error)
+                return Settled(Verdict.FAIL, status, attempts, error=error or "failed")
             stats.retried += 1
             await stats.sleep(policy.backoff(failures))
             continue
-        return _failed(call_id, status, attempts, error)
+        return Settled(Verdict.FAIL, status, attempts, error=error or f"HTTP {status}")
+
+
+async def fetch_call(
+    call_id: str,
+    client: VoiceClient,
+    gate: RateGate,
+    policy: RetryPolicy,
+    stats: FetchStats,
+) -> Outcome:
+    """Get Call State for one valid id, as an ``ok``, ``not_found`` or ``failed`` outcome."""
+
+    async def send(auth: str) -> Response:
+        return await client.get_call_state(call_id, auth)
+
+    async def decode(response: Response) -> tuple[dict[str, Any] | None, str | None, bool]:
+        body, error = _decode_body(response.body, call_id)
+        return body, error, True
+
+    settled = await send_with_policy(send, decode, client, gate, policy, stats)
+    if settled.verdict is Verdict.OK:
+        body = settled.value
+        return Outcome(
+            call_id, STATUS_OK, settled.status, settled.attempts, time.time(), None, body
+        )
+    if settled.verdict is Verdict.NOT_FOUND:
+        return Outcome(call_id, STATUS_NOT_FOUND, settled.status, settled.attempts, time.time())
+    return _failed(call_id, settled.status, settled.attempts, settled.error)
 
 
 def _failed(call_id: str, status: int | None, attempts: int, error: str | None) -> Outcome:

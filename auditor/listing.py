@@ -41,12 +41,11 @@ import orjson
 import yarl
 
 from auditor.callids import is_valid_call_id
-from auditor.client import AuthError, Response
+from auditor.client import Response
 from auditor.config import ConfigError
 from auditor.connection import Connection
-from auditor.fetch import _auth_advice, _error_text
+from auditor.fetch import send_with_policy
 from auditor.records import SOURCE_LIST, STATUS_OK, Outcome
-from auditor.retry import Verdict, classify, parse_retry_after
 
 #: The service returns at most this many calls per query, across all its pages.
 LIST_CAP: Final = 10_000
@@ -64,7 +63,7 @@ _MAX_PAGES: Final = LIST_CAP + 1
 SECOND_MS: Final = 1000
 DAY_MS: Final = 86_400_000
 
-_LINK_NEXT = re.compile(r'<([^>]*)>\s*((?:;[^,<]*)*)')
+_LINK_NEXT = re.compile(r"<([^>]*)>\s*((?:;[^,<]*)*)")
 _REL_NEXT = re.compile(r';\s*rel\s*=\s*"?([^";]*)"?', re.IGNORECASE)
 
 
@@ -195,58 +194,24 @@ class PageReply:
 
 
 async def fetch_page(conn: Connection, url: yarl.URL, seconds: float) -> PageReply:
-    """One List Calls page under the job's retry policy (the same rules as Get Call State)."""
-    client, gate, policy, stats = conn.client, conn.gate, conn.policy, conn.stats
-    attempts = failures = throttles = 0
-    refreshed_token = False
-    while True:
-        auth = await client.auth_header()
-        sent_at = await gate.acquire()
-        response = await client.get_list_page(url, auth, LIST_MAX_BODY, seconds)
-        attempts += 1
-        stats.requests += 1
-        status = response.status
-        if status is None:
-            stats.transport_errors += 1
-            verdict, error = Verdict.RETRY, response.error
-        else:
-            stats.by_http_status[status] = stats.by_http_status.get(status, 0) + 1
-            verdict = classify(status)
-            error = response.error or (None if verdict is Verdict.OK else _error_text(response))
-        if verdict is Verdict.OK and error is None:
-            reply = await _decode_page(response, url)
-            if reply.bodies is not None:
-                reply.attempts, reply.fetched_at = attempts, time.time()
-                return reply
-            if not reply.retryable:
-                return PageReply(None, None, attempts, time.time(), reply.error)
-            verdict, error = Verdict.RETRY, reply.error  # broken body: ask again
-        elif verdict is Verdict.OK:
-            verdict = Verdict.RETRY
-        if verdict is Verdict.AUTH:
-            if status == 401 and client.tokens is not None and not refreshed_token:
-                client.tokens.invalidate(auth)
-                refreshed_token = True
-                continue
-            raise AuthError(_auth_advice(status, client))
-        if verdict is Verdict.THROTTLED:
-            stats.throttled += 1
-            throttles += 1
-            gate.throttled(sent_at)
-            if throttles > policy.max_throttled:
-                return PageReply(None, None, attempts, time.time(), "still throttled")
-            hint = parse_retry_after(response.retry_after, time.time())
-            await asyncio.sleep(policy.throttle_wait(hint, throttles))
-            continue
-        if verdict is Verdict.RETRY:
-            failures += 1
-            if failures >= policy.max_attempts:
-                return PageReply(None, None, attempts, time.time(), error or "failed")
-            stats.retried += 1
-            await asyncio.sleep(policy.backoff(failures))
-            continue
-        # 400, 404 and other answers that asking again will not change
-        return PageReply(None, None, attempts, time.time(), error or f"HTTP {status}")
+    """One List Calls page under the job's retry policy (the same loop as Get Call State)."""
+    client = conn.client
+
+    async def send(auth: str) -> Response:
+        return await client.get_list_page(url, auth, LIST_MAX_BODY, seconds)
+
+    async def decode(response: Response) -> tuple[PageReply | None, str | None, bool]:
+        reply = await _decode_page(response, url)
+        return (reply if reply.bodies is not None else None), reply.error, reply.retryable
+
+    settled = await send_with_policy(send, decode, client, conn.gate, conn.policy, conn.stats)
+    if settled.value is not None:
+        reply = settled.value
+        reply.attempts, reply.fetched_at = settled.attempts, time.time()
+        return reply
+    # 404 and other answers that asking again will not change, or a spent budget
+    error = settled.error or f"HTTP {settled.status}"
+    return PageReply(None, None, settled.attempts, time.time(), error)
 
 
 async def _decode_page(response: Response, url: yarl.URL) -> PageReply:
@@ -351,9 +316,7 @@ async def sweep(
             if stop_wait.done():
                 stats.stopped = True
                 break
-            done, _ = await asyncio.wait(
-                {*running, stop_wait}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({*running, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             finished = running & done
             running -= finished
             for task in finished:
@@ -418,7 +381,13 @@ async def _query(
             assert isinstance(body, dict)
             outcomes.append(
                 Outcome(
-                    call_id, STATUS_OK, 200, reply.attempts, reply.fetched_at, None, body,
+                    call_id,
+                    STATUS_OK,
+                    200,
+                    reply.attempts,
+                    reply.fetched_at,
+                    None,
+                    body,
                     SOURCE_LIST,
                 )
             )
