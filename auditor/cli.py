@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from auditor import __version__
+from auditor import __version__, runtime
 from auditor.config import (
     DEFAULT_BASE_URL,
     DEFAULT_RATE,
@@ -237,7 +237,8 @@ def run_with_signals(config: AuditConfig, log_interval: float = 5.0) -> RunSumma
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(go())
+    # uvloop when installed, a quieter GC, no pandas: see auditor.runtime
+    return runtime.run(go())
 
 
 class _Job(Protocol):

@@ -149,15 +149,16 @@ async def fetch_call(
     async def send(auth: str) -> Response:
         return await client.get_call_state(call_id, auth)
 
-    async def decode(response: Response) -> tuple[dict[str, Any] | None, str | None, bool]:
+    async def decode(response: Response) -> tuple[bytes | None, str | None, bool]:
+        # Checked here (valid JSON, an object, this call's id), but kept encoded until the
+        # writer builds the batch: see Outcome.raw.
         body, error = _decode_body(response.body, call_id)
-        return body, error, True
+        return (response.body if body is not None else None), error, True
 
     settled = await send_with_policy(send, decode, client, gate, policy, stats)
     if settled.verdict is Verdict.OK:
-        body = settled.value
         return Outcome(
-            call_id, STATUS_OK, settled.status, settled.attempts, time.time(), None, body
+            call_id, STATUS_OK, settled.status, settled.attempts, time.time(), raw=settled.value
         )
     if settled.verdict is Verdict.NOT_FOUND:
         return Outcome(call_id, STATUS_NOT_FOUND, settled.status, settled.attempts, time.time())

@@ -13,11 +13,17 @@ Two stages, each one small exact algorithm:
 
 2. :class:`AdaptiveRate` is CUBIC congestion control as in the AWS SDKs' adaptive retry
    mode.  It is dormant until the first 429.  A 429 cuts the rate to ``beta`` (0.7) times
-   what it was; afterwards the rate regrows along ``W(t) = C*(t - K)**3 + W_max`` with
-   ``K = cbrt(W_max * (1 - beta) / C)``: quickly at first, flat near the rate that last
-   failed, then probing above it.  Only a 429 for a request sent *after* the latest cut
-   cuts again, so one burst of 429s costs one cut, not dozens.  :class:`AdaptivePacer`
-   spaces requests at that rate (GCRA: each caller reserves the next free slot).
+   what was really being sent (the requests of the last second, :attr:`RateGate.measured`:
+   against a sliding-window server, its limit); afterwards the rate regrows along
+   ``W(t) = C*(t - K)**3 + W_max`` with ``K = cbrt(W_max * (1 - beta) / C)``: quickly at
+   first, flat near the rate that last failed, then probing above it.  Only a 429 for a
+   request sent after the latest cut *plus that 429's Retry-After* cuts again: until then
+   the server's window still holds what was sent before the cut, so one burst of 429s
+   costs one cut, not a collapse.  :class:`AdaptivePacer` spaces requests at that rate on
+   a schedule (GCRA), so that late wake-ups of the event loop do not lower it.
+
+Measured against the simulator (``python -m benchmarks``): 98.5 % of R held with no 429,
+and, told 2R, about 92 % of the real R with 0.3 % of requests answered 429.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_OUTPUT = 0, 1, 2, 3, 4
 _QUEUE_SLOTS = 1024
 #: Fetched-but-unwritten rows wait here; small, because a crash loses what is in it.
 _OUTCOME_SLOTS = 256
-_RESIZE_SECONDS = 0.5  # how often the auto pool resizes
+_RESIZE_SECONDS = 0.5  # how often, at most, the auto pool resizes
 # Under a rate, a few spare workers always wait at the gate, so that a slow response or a
 # busy moment in this process never leaves a permitted slot unused (the gate banks ~none).
 _MIN_WORKERS = 8
@@ -431,6 +431,7 @@ class _WorkerPool:
         config = audit.config
         self.target = config.concurrency or min(config.max_concurrency, _MIN_WORKERS)
         self._planned = self.target  # auto mode: the target before sleeping workers are added
+        self._congested = False  # auto mode: latency has shown queueing; grow step by step
         self.max_workers = 0
 
     def start(self) -> None:
@@ -463,7 +464,12 @@ class _WorkerPool:
         base = math.inf  # the lowest smoothed latency seen: the round trip without queueing
         done_before, then = stats.requests, time.monotonic()
         while True:
-            await asyncio.sleep(_RESIZE_SECONDS)
+            # Resize every two round trips (0.1 s at least, 0.5 s at most): each interval
+            # then sees the last resize's effect, and a pool facing 50 ms reaches 256 in 0.5 s.
+            latency = stats.latency_ewma
+            await asyncio.sleep(
+                _RESIZE_SECONDS if latency is None else min(_RESIZE_SECONDS, max(0.1, 2 * latency))
+            )
             now = time.monotonic()
             done, elapsed = stats.requests - done_before, now - then
             done_before, then = stats.requests, now
@@ -481,23 +487,34 @@ class _WorkerPool:
     def _wanted(self, throughput: float, latency: float, base: float, now: float) -> float:
         """How many requests should be in flight.
 
-        With a rate, Little's law: ``rate x latency`` are in flight on average, and 1.5x
-        plus 2 absorbs the latency's spread (the rate is the adaptive one once a 429 has
-        lowered it).  Without a rate there is no throughput to aim for, so the pool probes
-        like TCP Vegas: while latency stays near the unloaded round trip, more requests in
-        flight means more done, and it grows by half; once latency climbs well above it,
-        requests only queue (at the server, or in this process), and it shrinks to
-        ``throughput x unloaded latency`` with the same slack.
+        Little's law at the rate: ``rate x latency`` requests are in flight on average, and
+        1.5x plus 2 absorbs the latency's spread (the rate is the adaptive one once a 429
+        has lowered it).  That is the answer while the rate binds, and, until requests
+        have been seen to queue, whenever latency is within twice the unloaded round trip
+        (``base``): a pool facing a slow API reaches its size in one step.
+
+        Without a rate, or when requests complete well below it, the pool probes like TCP
+        Vegas.  While latency stays within twice ``base``, more requests in flight finish
+        more requests: it doubles (then, once it has seen queueing, grows by a quarter).
+        When latency passes three times ``base``, requests only queue (at the server, or
+        for this process's CPU): it shrinks to ``throughput x base`` with the same slack.
+        The band between 2x and 3x is wide enough for a lognormal latency's noise.
         """
         rate = self._gate.configured
+        adaptive = self._gate.adaptive.rate(now)
+        if adaptive is not None:
+            rate = adaptive if rate is None else min(rate, adaptive)
+        little = math.inf
         if rate is not None:
-            adaptive = self._gate.adaptive.rate(now)
-            return min(rate, adaptive or rate) * latency * 1.5 + 2
-        if latency < 1.3 * base:
-            return self._planned * 1.5
-        if latency > 2.0 * base:
-            return throughput * base * 1.5 + 2
-        return self._planned
+            little = rate * latency * 1.5 + 2
+            if throughput >= 0.9 * rate or (not self._congested and latency < 2.0 * base):
+                return little
+        if latency > 3.0 * base:
+            self._congested = True
+            return min(little, throughput * base * 1.5 + 2)
+        if latency < 2.0 * base:
+            return min(little, self._planned * (1.25 if self._congested else 2.0))
+        return min(little, self._planned)
 
     async def _work(self) -> None:
         # The *_nowait calls skip a coroutine per queue operation when no wait is needed;

@@ -10,9 +10,9 @@ pool size it chose.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from auditor import runtime
 from benchmarks.common import (
     StatsPoller,
     check_dataset,
@@ -28,7 +28,7 @@ LATENCY_MS = 200.0
 
 
 def run(quick: bool) -> dict[str, Any]:
-    return asyncio.run(_run(quick))
+    return runtime.run(_run(quick))  # as `auditor run` runs: see auditor.runtime
 
 
 async def _run(quick: bool) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiolimiter import AsyncLimiter
 
+from auditor import runtime
 from benchmarks.common import (
     Sim,
     StatsPoller,
@@ -37,7 +38,7 @@ RATE = 500.0
 
 
 def run(quick: bool) -> dict[str, Any]:
-    return asyncio.run(_run(quick))
+    return runtime.run(_run(quick))  # as `auditor run` runs: see auditor.runtime
 
 
 async def _run(quick: bool) -> dict[str, Any]:

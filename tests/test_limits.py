@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 from aiolimiter import AsyncLimiter
 
-from auditor.limits import AdaptiveRate, RateGate, ceiling_params
+from auditor.limits import AdaptivePacer, AdaptiveRate, RateGate, ceiling_params
 
 
 def _max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -85,3 +85,82 @@ def test_adaptive_rate_regrows_along_a_cubic_to_the_last_failing_rate() -> None:
     assert rates[2] == pytest.approx(500.0)  # plateau at the rate that failed
     assert rates[2] < rates[3] < rates[4]  # then probes above it
     assert control.rate(1000.0) == 1000.0  # never above the ceiling
+
+
+def test_a_429_within_the_servers_retry_after_is_the_same_congestion_event() -> None:
+    control = AdaptiveRate(ceiling=1000.0)
+    assert control.on_throttle(sent_at=0.4, now=0.5, measured=500.0, hold=1.0)
+    # A sliding-window server refuses until what was sent before the cut has left its
+    # window: 429s for requests sent in that time say nothing about the new rate.
+    assert not control.on_throttle(sent_at=0.9, now=0.91, measured=400.0, hold=1.0)
+    assert not control.on_throttle(sent_at=1.5, now=1.51, measured=400.0, hold=1.0)
+    assert control.cuts == 1 and control.rate(1.51) is not None
+    assert control.on_throttle(sent_at=1.6, now=1.61, measured=400.0, hold=1.0)
+    assert control.cuts == 2
+
+
+def test_a_cut_starts_from_what_was_really_sent_when_that_is_lower() -> None:
+    control = AdaptiveRate(ceiling=1000.0)
+    control.on_throttle(sent_at=0.0, now=0.1, measured=600.0)
+    control.on_throttle(sent_at=50.0, now=50.0, measured=300.0)  # the adaptive rate is higher
+    assert control.rate(50.0) == pytest.approx(0.7 * 300.0)
+
+
+def test_last_rate_is_the_adaptive_rate_averaged_over_time() -> None:
+    control = AdaptiveRate(ceiling=1000.0, settle_seconds=10.0)
+    assert control.last_rate is None
+    control.on_throttle(sent_at=0.0, now=0.0, measured=500.0)
+    rates = [control.rate(t / 10) for t in range(0, 600)]  # a minute, sampled
+    mean = control.last_rate
+    assert mean is not None
+    assert min(r for r in rates if r is not None) < mean < max(r for r in rates if r is not None)
+
+
+class _FakeTime:
+    """A clock that only moves when the pacer sleeps, and always wakes it *late*."""
+
+    def __init__(self, lateness: float) -> None:
+        self.now = 0.0
+        self.lateness = lateness
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds + self.lateness
+
+
+async def test_pacer_keeps_its_rate_when_every_wake_up_is_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _FakeTime(lateness=0.001)  # epoll counts whole milliseconds
+    monkeypatch.setattr("auditor.limits.asyncio.sleep", fake.sleep)
+    control = AdaptiveRate(ceiling=1000.0)
+    control.on_throttle(sent_at=-1.0, now=0.0, measured=500.0)
+    control.scale = 0.0  # no CUBIC curve: the rate stays at 500/s for the test
+    assert control.rate(0.0) == 500.0
+    pacer = AdaptivePacer(control, fake.clock)
+    for _ in range(3500):
+        await pacer.acquire()
+    # 3,500 requests at 500/s take 7 s, lateness or not (spacing each from the late
+    # wake-up before it would take 3,500 x (1/500 + 0.001) = 10.5 s).
+    assert fake.now == pytest.approx(7.0, abs=0.02)
+
+
+def test_gate_measures_what_it_sent_in_the_last_second() -> None:
+    now = [0.0]
+    gate = RateGate(None, clock=lambda: now[0])
+    for i in range(300):
+        now[0] = i / 200  # 200 requests a second, for 1.5 s
+        assert gate.admit_now() == now[0]
+    assert gate.measured == 200.0
+    now[0] += 2.0
+    assert gate.measured == 0.0
+
+
+def test_gate_admits_without_waiting_only_while_nothing_limits() -> None:
+    assert RateGate(None).admit_now() is not None
+    assert RateGate(50.0).admit_now() is None  # a rate: through the ceiling
+    gate = RateGate(None)
+    gate.throttled(gate.admit_now() or 0.0, retry_after=1.0)  # a 429: adaptive from now on
+    assert gate.admit_now() is None

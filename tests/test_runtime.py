@@ -1,0 +1,47 @@
+"""How ``auditor run`` runs its loop: GC settings restored, pandas declined only inside."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+from auditor import runtime
+
+
+def test_quiet_gc_collects_less_often_inside_and_restores_after() -> None:
+    before = gc.get_threshold()
+    with runtime.quiet_gc():
+        assert gc.get_threshold()[0] == runtime.GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+
+
+def test_run_returns_the_coroutines_result_on_either_loop() -> None:
+    async def answer() -> int:
+        return 42
+
+    assert runtime.run(answer(), use_uvloop=False) == 42
+    assert runtime.run(answer()) == 42  # uvloop when installed
+
+
+def test_pandas_is_declined_inside_the_run_only() -> None:
+    # A fresh interpreter: this one may have imported pandas already (then it is kept).
+    code = """
+import importlib.util, sys
+from auditor import runtime
+with runtime.without_pandas():
+    try:
+        import pandas
+    except ImportError:
+        print("declined")
+    import pyarrow as pa
+    pa.array(["x"])  # the import pyarrow tries here is declined quietly
+    print("pandas" in sys.modules)
+if importlib.util.find_spec("pandas") is not None:
+    import pandas
+    print("imported after")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[:2] == ["declined", "False"]
