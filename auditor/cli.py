@@ -194,51 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    concurrency: int | None = None
-    if args.concurrency != "auto":
-        try:
-            concurrency = int(args.concurrency)
-        except ValueError:
-            raise ConfigError("--concurrency must be a positive integer or 'auto'") from None
-    config = AuditConfig(
-        inputs=args.inputs,
-        output=args.output,
-        account_id=args.account_id or os.environ.get("BW_ACCOUNT_ID", ""),
-        credentials=credentials_from_env(),
-        base_url=args.base_url,
-        token_url=args.token_url,
-        rate=args.rate,
-        concurrency=concurrency,
-        id_column=args.id_column,
-        max_attempts=args.max_attempts,
-        timeout=args.timeout,
-        fresh=args.fresh,
-        row_group_rows=args.row_group_rows,
-        partition_by=None if args.partition_by == "none" else args.partition_by,
-        progress=not args.no_progress,
-    )
-    summary = run_with_signals(config, args.log_interval)
+    summary = run_with_signals(_job_config(args, args.inputs), args.log_interval)
     print_summary(summary)
     return summary.exit_code
 
 
 def run_with_signals(config: AuditConfig, log_interval: float = 5.0) -> RunSummary:
     """Run one audit; SIGINT and SIGTERM stop it gracefully (flush, summary, 130/143)."""
-
-    async def go() -> RunSummary:
-        audit = Audit(config)
-        loop = asyncio.get_running_loop()
-        for signum, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
-            loop.add_signal_handler(signum, audit.request_stop, name)
-        try:
-            async with live_progress(audit.progress, config.progress, interval=log_interval):
-                return await audit.run()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-
-    # uvloop when installed, a quieter GC, no pandas: see auditor.runtime
-    return runtime.run(go())
+    return _run_job(Audit(config), config, log_interval)
 
 
 class _Job(Protocol):
@@ -250,7 +213,7 @@ class _Job(Protocol):
 
 
 def _job_config(args: argparse.Namespace, inputs: Sequence[str] = ()) -> AuditConfig:
-    """The AuditConfig of discover / nightly (connection, output, layout)."""
+    """The AuditConfig of run, discover and nightly from their flags and the environment."""
     concurrency: int | None = None
     if getattr(args, "concurrency", "auto") != "auto":
         try:
@@ -322,7 +285,7 @@ def _nightly(args: argparse.Namespace) -> int:
 
 
 def _run_job(job: _Job, config: AuditConfig, log_interval: float) -> RunSummary:
-    """Run a discover or nightly job; SIGINT and SIGTERM stop it gracefully (130/143)."""
+    """Run a job (audit, discover, nightly); SIGINT/SIGTERM stop it gracefully (130/143)."""
 
     async def go() -> RunSummary:
         loop = asyncio.get_running_loop()
@@ -335,7 +298,8 @@ def _run_job(job: _Job, config: AuditConfig, log_interval: float) -> RunSummary:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(go())
+    # uvloop when installed, a quieter GC, no pandas: see auditor.runtime
+    return runtime.run(go())
 
 
 def _print_listing(summary: RunSummary) -> None:
