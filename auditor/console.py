@@ -126,7 +126,8 @@ def print_summary(summary: RunSummary, stream: IO[str] = sys.stderr) -> None:
         console.print(f"stopped early: {summary.stopped}")
     if summary.error:
         console.print(f"[bold red]error:[/bold red] {summary.error}")
-    console.print(f"output: {summary.output}")
+    memory = f", peak memory {summary.peak_memory_mb:.0f} MB" if summary.peak_memory_mb else ""
+    console.print(f"output: {summary.output}{memory}")
 
 
 def _count_table(title: str, counts: Mapping[str, int]) -> Table:

@@ -68,6 +68,7 @@ class RunSummary:
     settled_rate: float | None = None
     rate_cuts: int = 0
     max_workers: int = 0
+    peak_memory_mb: float | None = None  # this process's peak resident memory so far
     parts_written: int = 0
     superseded_failures_removed: int = 0
     stopped: str | None = None  # SIGINT, SIGTERM, auth, input or output when it ended early
@@ -232,6 +233,7 @@ class Audit:
         settled = gate.adaptive.last_rate
         summary.settled_rate = round(settled, 2) if settled is not None else None
         summary.max_workers = pool.max_workers
+        summary.peak_memory_mb = peak_memory_mb()
         summary.parts_written = len(writer.parts) - parts_before
         summary.stopped = self._stop_reason
         summary.exit_code = self._exit_code()
@@ -374,6 +376,22 @@ def _invalid(call_id: str) -> Outcome:
         time.time(),
         "not a Bandwidth call id (c- followed by letters, digits and dashes, at most 128)",
     )
+
+
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process image (Linux ``VmHWM``), in MB.
+
+    Not ``getrusage``: after fork and exec, Linux folds the *parent's* resident size into
+    the child's ``ru_maxrss``, so a small process started by a big one reports the big one.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _tally(counts: dict[str, int], column: pa.Array) -> None:
