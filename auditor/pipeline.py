@@ -32,6 +32,7 @@ from auditor.client import AuthError, VoiceClient
 from auditor.config import AuditConfig
 from auditor.connection import Connection, connect
 from auditor.fetch import FetchStats, fetch_call
+from auditor.idset import CompactIdSet
 from auditor.limits import RateGate
 from auditor.partition import open_writer
 from auditor.records import STATUS_INVALID_ID, Outcome, build_batch
@@ -172,7 +173,11 @@ class Audit:
             return [], sink.ResumeState()
         inputs = sources.open_inputs(self.config.inputs, self.config.id_column)
         state = sink.prepare_output(self.config.output, self.config.fresh)
-        self.progress.total_estimate = sources.estimate_rows(inputs)
+        estimate = self.progress.total_estimate = sources.estimate_rows(inputs)
+        if estimate and not len(state.done):
+            # Sized once for the whole input: growing the table midway holds the old and the
+            # new one at once, which was the run's memory peak at a million ids.
+            state.done = CompactIdSet(expected=estimate)
         return inputs, state
 
     # -- the run ---------------------------------------------------------------------------
