@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from auditor.config import AuditConfig, BasicCredentials, OAuth2Credentials, Secret
+from auditor.config import AuditConfig, BasicCredentials, Secret
 from auditor.connection import connect
 from auditor.discover import Discover
 from auditor.listing import (
@@ -30,24 +30,12 @@ from auditor.sink import read_dataset
 from auditor.verify import verify_dataset
 from tests.conftest import SIM_NOW
 from tests.test_cli import auditor, sim_env
+from tests.test_pipeline import config_for
 
 
 def job_config(sim: Simulator, output: Path, **overrides: Any) -> AuditConfig:
-    cfg = sim.config
-    settings: dict[str, Any] = dict(
-        inputs=[],
-        output=str(output),
-        account_id=cfg.account_id,
-        credentials=OAuth2Credentials(cfg.client_id, Secret(cfg.client_secret)),
-        base_url=sim.base_url,
-        token_url=sim.token_url,
-        rate=None,
-        concurrency=16,
-        timeout=10.0,
-        progress=False,
-    )
-    settings.update(overrides)
-    return AuditConfig(**settings)
+    """A discover/nightly job against *sim*: no input files, the ids come from listing."""
+    return config_for(sim, [], output, **{"timeout": 10.0, **overrides})
 
 
 def started_in(pop: Population, now_ms: int, window: Window) -> dict[str, int]:
