@@ -28,15 +28,13 @@ import pyarrow.compute as pc
 
 from auditor import sink, sources
 from auditor.callids import is_valid_call_id
-from auditor.client import AuthError, VoiceClient
+from auditor.client import AuthError
 from auditor.config import AuditConfig
 from auditor.connection import Connection, connect
-from auditor.fetch import FetchStats, fetch_call
+from auditor.fetch import fetch_call
 from auditor.idset import CompactIdSet
-from auditor.limits import RateGate
 from auditor.partition import open_writer
 from auditor.records import STATUS_INVALID_ID, Outcome, build_batch
-from auditor.retry import RetryPolicy
 
 EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_OUTPUT = 0, 1, 2, 3, 4
 _QUEUE_SLOTS = 1024
@@ -201,7 +199,7 @@ class Audit:
             client, gate, stats = connection.client, connection.gate, connection.stats
             # A shared connection carries earlier stages' counts: report this stage's own.
             before = (stats.requests, stats.throttled, stats.retried)
-            pool = _WorkerPool(self, ids, outcomes, client, gate, stats)
+            pool = _WorkerPool(self, ids, outcomes, connection)
             writing = asyncio.create_task(self._write(outcomes, writer))
             reading = asyncio.create_task(self._read(inputs, state, ids, outcomes))
             stopping = asyncio.create_task(self._stop.wait())
@@ -435,17 +433,16 @@ class _WorkerPool:
         audit: Audit,
         ids: asyncio.Queue[str],
         outcomes: asyncio.Queue[Outcome | None],
-        client: VoiceClient,
-        gate: RateGate,
-        stats: FetchStats,
+        connection: Connection,
     ) -> None:
         self._audit = audit
         self._ids = ids
         self._outcomes = outcomes
-        self._client = client
-        self._gate = gate
-        self._stats = stats
-        self._policy = RetryPolicy(max_attempts=audit.config.max_attempts)
+        # one client, gate, policy and counters for every request of the job
+        self._client = connection.client
+        self._gate = connection.gate
+        self._stats = connection.stats
+        self._policy = connection.policy
         self._tasks: set[asyncio.Task[None]] = set()
         self._controller: asyncio.Task[None] | None = None
         self._verified = asyncio.Event()
