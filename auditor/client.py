@@ -183,7 +183,7 @@ class VoiceClient:
                     if declared > self._max_body:
                         return Response(status, None, retry_after, _too_big(self._max_body))
                     return Response(status, await resp.read(), retry_after)
-                body = await self._read_capped(resp)
+                body = await _read_capped(resp, self._max_body)
                 if body is None:
                     return Response(status, None, retry_after, _too_big(self._max_body))
                 return Response(status, body, retry_after)
@@ -222,30 +222,27 @@ class VoiceClient:
                 declared = resp.content_length
                 if declared is not None and declared > max_body:
                     return Response(status, None, retry_after, _too_big(max_body))
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_any():
-                    size += len(chunk)
-                    if size > max_body:
-                        return Response(status, None, retry_after, _too_big(max_body))
-                    chunks.append(chunk)
-                return Response(status, b"".join(chunks), retry_after, link=link)
+                body = await _read_capped(resp, max_body)
+                if body is None:
+                    return Response(status, None, retry_after, _too_big(max_body))
+                return Response(status, body, retry_after, link=link)
         except TimeoutError:
             return Response(None, error="timed out")
         except aiohttp.ClientError as exc:
             return Response(None, error=_describe(exc))
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
-        if resp.content_length is not None:
-            return await resp.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > self._max_body:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None once it passes *limit* bytes (a lying or absent Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_big(limit: int) -> str:
