@@ -119,6 +119,12 @@ def _add_api_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--max-attempts", type=int, default=6)
     run.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    run.add_argument(
+        "--http-client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="how Get Call State is sent: lean (auditor.http1, default) or aiohttp",
+    )
 
 
 def _add_job_options(
@@ -236,6 +242,7 @@ def _job_config(args: argparse.Namespace, inputs: Sequence[str] = ()) -> AuditCo
         row_group_rows=getattr(args, "row_group_rows", 10_000),
         progress=not args.no_progress,
         partition_by=None if args.partition_by == "none" else args.partition_by,
+        http_client=args.http_client,
     )
 
 

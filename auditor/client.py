@@ -14,13 +14,14 @@ import base64
 import time
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 import yarl
 
 from auditor.config import BasicCredentials, Credentials, OAuth2Credentials
+from auditor.http1 import Http1Pool, HttpError
 
 #: Refresh a token this long before it expires, so no request carries one that just died.
 TOKEN_REFRESH_MARGIN: Final = 30.0
@@ -133,7 +134,11 @@ class TokenSource:
 
 
 class VoiceClient:
-    """Get Call State over one keep-alive aiohttp session."""
+    """The Voice API's two reads: Get Call State, and List Calls pages.
+
+    Get Call State goes through *pool* (:mod:`auditor.http1`) when one is given, else
+    through the aiohttp *session*, which also carries List Calls and token requests.
+    """
 
     def __init__(
         self,
@@ -143,10 +148,16 @@ class VoiceClient:
         credentials: Credentials,
         token_url: str,
         max_body_bytes: int = 1 << 20,
+        *,
+        pool: Http1Pool | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self._session = session
         self._prefix = f"{base_url.rstrip('/')}/accounts/{quote(account_id, safe='')}/calls/"
+        self._path = urlsplit(self._prefix).path
         self._max_body = max_body_bytes
+        self._pool = pool
+        self._timeout = timeout
         self.tokens: TokenSource | None = None
         self._basic: str | None = None
         if isinstance(credentials, OAuth2Credentials):
@@ -172,6 +183,19 @@ class VoiceClient:
 
     async def get_call_state(self, call_id: str, auth: str) -> Response:
         """GET one call's state.  *call_id* must already have passed ``is_valid_call_id``."""
+        pool = self._pool
+        if pool is None:
+            return await self._get_call_state_aiohttp(call_id, auth)
+        try:
+            reply = await pool.get(self._path + call_id, auth, self._timeout, self._max_body)
+        except HttpError as exc:
+            return Response(None, error=str(exc))
+        retry_after = reply.headers.get("retry-after")
+        if reply.body is None:
+            return Response(reply.status, None, retry_after, _too_big(self._max_body))
+        return Response(reply.status, reply.body, retry_after)
+
+    async def _get_call_state_aiohttp(self, call_id: str, auth: str) -> Response:
         url = self._prefix + call_id
         headers = {"Authorization": auth, "Accept": "application/json"}
         try:

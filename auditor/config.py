@@ -107,6 +107,9 @@ class AuditConfig:
     max_body_bytes: int = 1 << 20
     #: None: flat part files; "date": Hive folders call_date=YYYY-MM-DD (auditor.partition)
     partition_by: str | None = None
+    #: "lean": Get Call State over auditor.http1 (a third of aiohttp's CPU per request);
+    #: "aiohttp": over the aiohttp session, like List Calls and tokens always are
+    http_client: str = "lean"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,8 @@ class AuditConfig:
             raise ConfigError("--row-group-rows must be at least 1")
         if self.partition_by not in (None, "date"):
             raise ConfigError("--partition-by must be 'date' or 'none'")
+        if self.http_client not in ("lean", "aiohttp"):
+            raise ConfigError("--http-client must be 'lean' or 'aiohttp'")
         if self.timeout <= 0:
             raise ConfigError("--timeout must be a positive number of seconds")
 

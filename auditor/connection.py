@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from auditor import __version__
 from auditor.client import VoiceClient
 from auditor.config import AuditConfig
 from auditor.fetch import FetchStats
+from auditor.http1 import Http1Pool
 from auditor.limits import RateGate
 from auditor.retry import RetryPolicy
 
@@ -36,9 +38,19 @@ async def connect(config: AuditConfig) -> AsyncIterator[Connection]:
     """Open the session for *config*; closed when the block exits."""
     connector = aiohttp.TCPConnector(limit=config.max_concurrency + 8)
     timeout = aiohttp.ClientTimeout(total=config.timeout, sock_connect=config.connect_timeout)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False
-    ) as session:
+    async with contextlib.AsyncExitStack() as scope:
+        session = await scope.enter_async_context(
+            aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+        )
+        pool = None
+        if config.http_client == "lean":
+            pool = await scope.enter_async_context(
+                Http1Pool(
+                    config.base_url,
+                    connect_timeout=config.connect_timeout,
+                    user_agent=f"auditor/{__version__}",
+                )
+            )
         client = VoiceClient(
             session,
             config.base_url,
@@ -46,6 +58,8 @@ async def connect(config: AuditConfig) -> AsyncIterator[Connection]:
             config.credentials,
             config.token_url,
             config.max_body_bytes,
+            pool=pool,
+            timeout=config.timeout,
         )
         yield Connection(
             client,

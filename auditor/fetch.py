@@ -98,7 +98,9 @@ async def send_with_policy(
         else:
             stats.by_http_status[status] = stats.by_http_status.get(status, 0) + 1
             verdict = classify(status)
-            error = response.error or (None if verdict is Verdict.OK else _error_text(response))
+            # a 404's body says nothing the row needs: not parsed, at thousands a second
+            quiet = verdict is Verdict.OK or verdict is Verdict.NOT_FOUND
+            error = response.error or (None if quiet else _error_text(response))
 
         if verdict is Verdict.OK and error is None:
             value, error, retryable = await decode(response)

@@ -156,8 +156,10 @@ class Audit:
             self.request_stop("auth")
         elif isinstance(exc, sink.OutputError):
             self.request_stop("output")
-        else:
+        elif isinstance(exc, sources.InputError):
             self.request_stop("input")
+        else:
+            self.request_stop("error")  # a bug: stop, write what was fetched, then raise it
 
     # -- preflight -------------------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class Audit:
                 await outcomes.put(None)
                 await writing
             error = None if reading.cancelled() else reading.exception()
+            if error is None and self._stop_reason == "error":
+                error = self._fatal
             if error is not None:
                 raise error  # a bug, not bad input: InputError is handled in _read
             summary.tokens_fetched = client.tokens.tokens_fetched if client.tokens else 0
@@ -294,7 +298,10 @@ class Audit:
                     if is_valid_call_id(call_id):
                         if call_id in state.failed:
                             self.reaudited.add(call_id)
-                        await ids.put(call_id)
+                        try:
+                            ids.put_nowait(call_id)  # a coroutine per id only when full
+                        except asyncio.QueueFull:
+                            await ids.put(call_id)
                     else:
                         await outcomes.put(_invalid(call_id))
             await ids.join()  # every queued id fetched and handed to the writer
@@ -553,6 +560,10 @@ class _WorkerPool:
                 else:
                     outcome = await self._fetch(call_id)
             except AuthError as exc:
+                self._audit.fail(exc)
+                return
+            except Exception as exc:  # a bug: end the run, keeping what was fetched, not hang it
+                ids.task_done()
                 self._audit.fail(exc)
                 return
             except BaseException:

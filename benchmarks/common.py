@@ -264,21 +264,21 @@ def scratch(prefix: str) -> Any:
 
 
 def audit_config(sim: Sim, inputs: Sequence[Path], output: Path, *, rate: float | None,
-                 concurrency: int | None = None) -> AuditConfig:
+                 concurrency: int | None = None, http_client: str = "lean") -> AuditConfig:
     return AuditConfig(
         inputs=[str(p) for p in inputs], output=str(output), account_id=sim.account_id,
         credentials=OAuth2Credentials(str(sim.info["client_id"]),
                                       Secret(str(sim.info["client_secret"]))),
         base_url=sim.base_url, token_url=sim.token_url, rate=rate,
-        concurrency=concurrency, progress=False, fresh=True,
+        concurrency=concurrency, progress=False, fresh=True, http_client=http_client,
     )
 
 
 async def run_auditor(sim: Sim, inputs: Sequence[Path], output: Path, *, rate: float | None,
-                      concurrency: int | None = None) -> RunSummary:
+                      concurrency: int | None = None, http_client: str = "lean") -> RunSummary:
     """The whole pipeline, in this process, with default settings but for the rate."""
-    return await Audit(audit_config(sim, inputs, output, rate=rate,
-                                    concurrency=concurrency)).run()
+    return await Audit(audit_config(sim, inputs, output, rate=rate, concurrency=concurrency,
+                                    http_client=http_client)).run()
 
 
 def auditor_command(sim: Sim, inputs: Sequence[Path], output: Path,

@@ -71,12 +71,16 @@ async def sim() -> AsyncIterator[Simulator]:
         yield server
 
 
-async def test_every_id_once_and_ok_rows_equal_the_truth(sim: Simulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("http_client", ["lean", "aiohttp"])
+async def test_every_id_once_and_ok_rows_equal_the_truth(
+    sim: Simulator, tmp_path: Path, http_client: str
+) -> None:
     ids = list(sim.population.ids())
     # duplicates (also with stray whitespace) and malformed ids, as real exports have
     rows = ids + ids[:50] + [f"  {i}  " for i in ids[50:60]] + MALFORMED + ["", "   "]
     source = write_ids(tmp_path / "ids.csv", rows)
-    summary = await run_audit(config_for(sim, [source], tmp_path / "out"))
+    config = config_for(sim, [source], tmp_path / "out", http_client=http_client)
+    summary = await run_audit(config)
 
     assert summary.exit_code == 0, summary
     table = read_dataset(tmp_path / "out")

@@ -144,8 +144,9 @@ def _record(service: OddService):  # type: ignore[no-untyped-def]
     return handler
 
 
+@pytest.mark.parametrize("http_client", ["lean", "aiohttp"])
 async def test_odd_bodies_caps_and_redirects(
-    odd: tuple[OddService, str, OddService], tmp_path: Path
+    odd: tuple[OddService, str, OddService], tmp_path: Path, http_client: str
 ) -> None:
     service, base_url, thief = odd
     ids = [
@@ -171,6 +172,7 @@ async def test_odd_bodies_caps_and_redirects(
         max_attempts=3,
         timeout=0.5,
         progress=False,
+        http_client=http_client,
     )
     started = time.monotonic()
     summary = await run_audit(config)
