@@ -31,14 +31,14 @@ async def test_soak_twenty_thousand_ids_through_every_fault(tmp_path: Path) -> N
         slow_rate=0.005,
         slow_seconds=30.0,
         latency_ms=2.0,
-        rate=600,
+        rate=1500,
     )
     async with Simulator(config, host="127.0.0.1", port=0) as sim:
         ids = list(sim.population.ids())
         rows = ids + ids[::7] + MALFORMED  # duplicates and malformed ids in the mix
         source = write_ids(tmp_path / "ids.csv", rows)
         summary = await run_audit(
-            config_for(sim, [source], tmp_path / "out", rate=900, concurrency=None, timeout=1.0)
+            config_for(sim, [source], tmp_path / "out", rate=2250, concurrency=None, timeout=1.0)
         )
         stats = sim.stats
 
