@@ -203,7 +203,10 @@ class _Connection(asyncio.Protocol):
     # -- used by the pool -------------------------------------------------------------------
 
     def send(self, head: bytes, waiter: asyncio.Future[Reply], max_body: int) -> None:
-        assert self.transport is not None
+        if not self.usable or self.transport is None or self.transport.is_closing():
+            # closed by the server between connecting and now: no callback would come
+            waiter.set_exception(HttpError("server disconnected"))
+            return
         self._waiter = waiter
         self._parser = _ResponseParser(max_body)
         self.reusable = False
@@ -283,13 +286,14 @@ class _ResponseParser:
     """
 
     __slots__ = (
-        "_buffer", "_chunks", "_max_body", "_received", "_remaining", "_state", "headers",
-        "keep_alive", "status", "too_big",
+        "_chunks", "_max_body", "_pending", "_received", "_remaining", "_scanned", "_state",
+        "headers", "keep_alive", "status", "too_big",
     )
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
-        self._buffer = b""
+        self._pending = bytearray()  # an unfinished line waiting for its end
+        self._scanned = 0  # where in _pending the search for a line end resumes
         self._state = _HEAD
         self._chunks: list[bytes] = []
         self._received = 0  # body bytes so far
@@ -300,24 +304,35 @@ class _ResponseParser:
         self.too_big = False
 
     def feed(self, data: bytes) -> bool:
-        """Take the next bytes; True once the response is complete."""
-        buffer = self._buffer + data if self._buffer else data
-        self._buffer = b""
+        """Take the next bytes; True once the response is complete.
+
+        Bytes of an unfinished line (the head, a chunk-size line, trailers) wait in a
+        ``bytearray`` and are scanned only where new bytes could complete the line, so a
+        response trickling in a byte at a time costs linear, not quadratic, time.
+        """
+        pending = self._pending
+        if pending:
+            pending += data
+            line_end = b"\r\n\r\n" if self._state == _HEAD else b"\r\n"
+            if self._state != _CHUNK_DATA and pending.find(line_end, self._scanned) < 0:
+                self._wait_for_line(pending)
+                return False
+            buffer = bytes(pending)
+            pending.clear()
+            self._scanned = 0
+        else:
+            buffer = data
         while True:
             state = self._state
             if state == _HEAD:
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(buffer) > MAX_HEAD_BYTES:
-                        raise HttpError("malformed response (head too long)")
-                    self._buffer = buffer
-                    return False
+                    return self._stash(buffer)
                 self._parse_head(buffer[:end])
                 buffer = buffer[end + 4 :]
-                if self._state == _HEAD:  # an interim 1xx response: the real one follows
-                    continue
                 if self._state == _COMPLETE:
                     return self._done(buffer)
+                # else the body follows (or, after an interim 1xx, the real head)
             elif state == _LENGTH:
                 if len(buffer) < self._remaining:
                     if buffer:
@@ -329,10 +344,7 @@ class _ResponseParser:
             elif state == _CHUNK_SIZE:
                 end = buffer.find(b"\r\n")
                 if end < 0:
-                    if len(buffer) > 1024:
-                        raise HttpError("malformed response (chunk size line)")
-                    self._buffer = buffer
-                    return False
+                    return self._stash(buffer)
                 size = _chunk_size(buffer[:end])
                 buffer = buffer[end + 2 :]
                 if size == 0:
@@ -341,27 +353,30 @@ class _ResponseParser:
                 self._count(size)
                 if self.too_big:
                     return True
-                self._remaining = size
+                self._remaining = size + 2  # the data, then its CRLF
                 self._state = _CHUNK_DATA
             elif state == _CHUNK_DATA:
-                need = self._remaining + 2  # the data and its CRLF
-                if len(buffer) < need:
-                    self._buffer = buffer
-                    return False
-                if buffer[self._remaining : need] != b"\r\n":
+                data_left = self._remaining - 2
+                if data_left > 0:
+                    piece = buffer[:data_left]
+                    if piece:
+                        self._chunks.append(piece)
+                        self._remaining -= len(piece)
+                        buffer = buffer[len(piece) :]
+                    if self._remaining > 2:
+                        return False
+                if len(buffer) < 2:
+                    return self._stash(buffer)
+                if buffer[:2] != b"\r\n":
                     raise HttpError("malformed response (chunk framing)")
-                self._chunks.append(buffer[: self._remaining])
-                buffer = buffer[need:]
+                buffer = buffer[2:]
                 self._state = _CHUNK_SIZE
             elif state == _TRAILERS:
                 if buffer.startswith(b"\r\n"):
                     return self._done(buffer[2:])
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(buffer) > MAX_HEAD_BYTES:
-                        raise HttpError("malformed response (trailers too long)")
-                    self._buffer = buffer
-                    return False
+                    return self._stash(buffer)
                 return self._done(buffer[end + 4 :])
             else:  # _UNTIL_CLOSE
                 if buffer:
@@ -370,6 +385,19 @@ class _ResponseParser:
                         return True
                     self._chunks.append(buffer)
                 return False
+
+    def _stash(self, buffer: bytes) -> bool:
+        """Keep the start of an unfinished line until more bytes come; always False."""
+        self._pending += buffer
+        if self._state != _CHUNK_DATA:
+            self._wait_for_line(self._pending)
+        return False
+
+    def _wait_for_line(self, pending: bytearray) -> None:
+        # the next scan starts where a CRLF (or the end of a CRLFCRLF) could still begin
+        self._scanned = max(0, len(pending) - 3)
+        if len(pending) > (MAX_HEAD_BYTES if self._state != _CHUNK_SIZE else 1024):
+            raise HttpError("malformed response (line or head too long)")
 
     def at_end(self) -> Reply:
         """The connection ended: the response if it was complete (close-delimited)."""

@@ -261,7 +261,29 @@ async def test_failures_are_short_errors_and_the_next_request_works(name: str) -
         assert server.connections == 2  # the troubled connection was never reused
 
 
-async def test_cannot_connect_and_connect_timeout() -> None:
+async def test_a_server_that_accepts_and_hangs_up_is_disconnected_not_a_timeout() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with Http1Pool(f"http://127.0.0.1:{port}", connect_timeout=5, user_agent="t") as pool:
+            for _ in range(3):
+                with pytest.raises(HttpError, match="server disconnected"):
+                    await get(pool, "/c-1", seconds=30)
+
+
+def test_parser_takes_big_chunks_in_small_pieces() -> None:
+    body = bytes(range(256)) * 600
+    raw = chunked(body, 65536)
+    parser = _ResponseParser(1 << 20)
+    pieces = [raw[i : i + 1000] for i in range(0, len(raw), 1000)]
+    assert [parser.feed(p) for p in pieces][-1]
+    assert parser.reply().body == body
+
+
+async def test_a_closed_port_cannot_connect() -> None:
     async with serve([]) as server:
         port = server.port
     async with Http1Pool(
