@@ -12,7 +12,7 @@ the directory is fsync'd: a reader (or a crash) sees a whole file or no file.  A
 written per row group, so a crash loses at most one row group of fetched-but-unwritten
 rows, and those ids are simply fetched again by the next run.
 
-These functions block; the pipeline calls them through ``asyncio.to_thread``.
+These functions block; the pipeline calls them from a thread (parts from the writer's own).
 """
 
 from __future__ import annotations
@@ -128,8 +128,11 @@ class PartWriter:
         self.parts: list[Path] = []
         self.rows = 0
 
-    def write(self, batch: pa.RecordBatch, subdir: str | None = None) -> Path:
-        """Publish *batch* as the next part, in ``directory/subdir`` when given."""
+    def write(self, batch: pa.RecordBatch | pa.Table, subdir: str | None = None) -> Path:
+        """Publish *batch* as the next part, one row group, in ``directory/subdir`` when given.
+
+        A table may be chunked; its chunks go into the one row group as they are.
+        """
         folder = self.directory
         if subdir is not None:
             folder = self.directory / subdir
@@ -138,7 +141,7 @@ class PartWriter:
                 _fsync_dir(self.directory)
         final = folder / f"part-{self.run_id}-{len(self.parts):05d}.parquet"
         temp = folder / f".{final.stem}.tmp"
-        table = pa.Table.from_batches([batch], schema=SCHEMA)
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch], SCHEMA)
         try:
             with open(temp, "wb") as handle:
                 pq.write_table(
