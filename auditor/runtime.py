@@ -15,8 +15,14 @@ loop is too busy to take is lost for good, and the loop's longest pauses decide 
 Two are about memory:
 
 - pyarrow's default allocator (mimalloc) keeps a heap per thread and holds on to what it
-  freed; with a reader and a writer thread that was ~28 MB of a 100,000-id run's peak.
-  :func:`run` uses the system allocator instead (as fast, for batches this small).
+  freed: ~28 MB of a 100,000-id run's peak with a reader and a writer thread, and ~16 MB
+  more that the Parquet writer kept after one 10,000-row part.  The system allocator is as
+  fast for batches this small.  Importing this module makes it pyarrow's default (unless
+  the environment names one in :data:`ALLOCATOR_ENV`).  That works only before pyarrow
+  loads, so the command line imports this module first: the Parquet writer allocates from
+  the default that pyarrow's C++ library picked when it loaded (``pq.write_table`` takes no
+  pool), and ``pa.set_memory_pool`` does not change that one.  :func:`run` still calls it,
+  for a process that had loaded pyarrow before.
 - The first ``pa.array(list)`` makes pyarrow import pandas, when pandas is installed, only
   to ask whether the list is a pandas object: ~45 MB of resident memory, a quarter of the
   budget for a million ids.  The run never hands pyarrow a pandas object, so :func:`run`
@@ -34,12 +40,17 @@ import gc
 import importlib
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
-import pyarrow as pa
+#: Read once, when pyarrow's C++ library loads: so set before ``import pyarrow`` below.
+ALLOCATOR_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+os.environ.setdefault(ALLOCATOR_ENV, "system")
+
+import pyarrow as pa  # noqa: E402  (after the allocator choice above)
 
 T = TypeVar("T")
 

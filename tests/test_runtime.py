@@ -1,8 +1,10 @@
-"""How ``auditor run`` runs its loop: GC settings restored, pandas declined only inside."""
+"""How ``auditor run`` runs its loop: GC settings restored, pandas declined only inside, and
+pyarrow on the system allocator."""
 
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 
@@ -45,3 +47,22 @@ if importlib.util.find_spec("pandas") is not None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[:2] == ["declined", "False"]
+
+
+def test_the_command_line_loads_pyarrow_on_the_system_allocator() -> None:
+    # A fresh interpreter, importing what `auditor run` imports, in its order.
+    code = """
+import auditor.cli
+import pyarrow as pa
+import pyarrow.parquet as pq
+print(pa.default_memory_pool().backend_name)
+"""
+    env = {k: v for k, v in os.environ.items() if k != runtime.ALLOCATOR_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["system"]
+    # a choice made in the environment is kept
+    env[runtime.ALLOCATOR_ENV] = "mimalloc"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["mimalloc"]
