@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 from auditor import runtime
 
@@ -66,3 +69,43 @@ print(pa.default_memory_pool().backend_name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.split()
     assert out == ["mimalloc"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_the_run_keeps_large_blocks_mapped_after_one_is_freed() -> None:
+    # Fresh interpreters: the threshold is process-wide.  mallinfo2's hblks counts the
+    # blocks malloc has mapped.  Unpinned, freeing the 4 MB block raises the threshold, and
+    # the 1 MB block comes from the heap; in a run, it is mapped (and unmapped when freed).
+    code = """
+import asyncio, ctypes, sys
+from auditor import runtime
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+async def mapped_after_a_large_free():
+    libc.free(libc.malloc(4 << 20))
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(1 << 20)
+    mapped = libc.mallinfo2().hblks - before
+    libc.free(block)
+    return mapped
+
+if sys.argv[1] == "run":
+    print(runtime.run(mapped_after_a_large_free(), use_uvloop=False))
+else:
+    print(asyncio.run(mapped_after_a_large_free()))
+"""
+    results = [
+        subprocess.run([sys.executable, "-c", code, how],
+                       capture_output=True, text=True, check=True).stdout.strip()
+        for how in ("plain", "run")
+    ]
+    assert results == ["0", "1"]
