@@ -31,7 +31,9 @@ Three are about memory:
   system when freed, but each such free raises that threshold to the block's size (up to
   32 MB).  After the first Arrow buffers of a chunk or a part are freed, later ones come
   from the heap, which keeps them: ~8 MB of a 100,000-id run's peak.  :func:`run` pins
-  the threshold at 128 KiB (:func:`pin_mmap_threshold`).
+  the threshold at 128 KiB (:func:`pin_mmap_threshold`) when it runs uvloop.  Not on
+  asyncio's own loop: its transports read into a fresh 256 KiB buffer per ``recv``, and
+  mapping each of them cost ~15 % more CPU per request.
 
 Library users run the coroutine on their own loop; :func:`run` is what ``auditor run``
 uses, and they may use it too.
@@ -131,10 +133,9 @@ def uvloop_available() -> bool:
 
 def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
     """``asyncio.run(main)``, on uvloop when it is installed, under :func:`quiet_gc` and
-    :func:`without_pandas`, with pyarrow on the system allocator and glibc's mmap
-    threshold pinned (:func:`pin_mmap_threshold`)."""
+    :func:`without_pandas`, with pyarrow on the system allocator, and on uvloop with
+    glibc's mmap threshold pinned (:func:`pin_mmap_threshold`)."""
     pa.set_memory_pool(pa.system_memory_pool())
-    pin_mmap_threshold()
     with quiet_gc(), without_pandas():
         if use_uvloop:
             try:
@@ -142,6 +143,7 @@ def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
             except ImportError:
                 pass
             else:
+                pin_mmap_threshold()
                 result: T = uvloop.run(main)
                 return result
         return asyncio.run(main)
