@@ -316,19 +316,20 @@ class Audit:
         task keeps draining the queue meanwhile.
         """
         parts = _Parts(self.config.row_group_rows, self.run_id)
-        deadline = time.monotonic() + self.config.flush_seconds
+        flush_seconds = self.config.flush_seconds
+        deadline = time.monotonic() + flush_seconds
+        # The deadline wakes an idle writer with a _TICK in the queue, not with a timeout on
+        # each get: this task keeps up with the workers, so it mostly waits on an empty
+        # queue, and wait_for() costs a task, a timer and two extra event-loop turns per
+        # item, about as much as the request itself.
+        loop = asyncio.get_running_loop()
+        alarm = loop.call_later(flush_seconds, _wake, outcomes)
         try:
             while True:
-                # Take what is queued without suspending: wait_for() costs a task, a timer
-                # and two extra event-loop turns per item, about as much as the request.
                 try:
                     item = outcomes.get_nowait()
                 except asyncio.QueueEmpty:
-                    try:
-                        timeout = max(0.0, deadline - time.monotonic())
-                        item = await asyncio.wait_for(outcomes.get(), timeout)
-                    except TimeoutError:
-                        item = _TICK
+                    item = await outcomes.get()
                 if item is None:
                     break
                 if item is not _TICK:
@@ -337,10 +338,13 @@ class Audit:
                     self.progress.by_status[item.status] += 1
                 if parts.full or time.monotonic() >= deadline:
                     await parts.publish(self._publish, writer)
-                    deadline = time.monotonic() + self.config.flush_seconds
+                    deadline = time.monotonic() + flush_seconds
+                    alarm.cancel()
+                    alarm = loop.call_later(flush_seconds, _wake, outcomes)
             await parts.publish(self._publish, writer)
             await parts.drain()
         finally:
+            alarm.cancel()
             parts.close()
 
     async def _publish(
@@ -371,6 +375,13 @@ class Audit:
 
 
 _TICK = Outcome("", "", None, 0, 0.0)  # a wake-up with nothing to write
+
+
+def _wake(outcomes: asyncio.Queue[Outcome | None]) -> None:
+    # A full queue needs no wake-up: the writer checks the deadline after every item.
+    with contextlib.suppress(asyncio.QueueFull):
+        outcomes.put_nowait(_TICK)
+
 #: Jobs (chunk builds, part writes) queued on or running in the writer thread at a time.
 _WRITER_BACKLOG = 2
 
