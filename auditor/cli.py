@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+# First of our imports: runtime picks pyarrow's allocator, which must happen before pyarrow loads.
 from auditor import __version__, runtime
 from auditor.config import (
     DEFAULT_BASE_URL,

@@ -44,7 +44,9 @@ def call_dates(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     return pc.cast(pc.cast(pc.cast(days, pa.int32()), pa.date32()), pa.string())
 
 
-def split_by_date(batch: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch]]:
+def split_by_date(
+    batch: pa.RecordBatch | pa.Table,
+) -> list[tuple[str, pa.RecordBatch | pa.Table]]:
     """*batch* cut into one batch per partition date, in date order."""
     if batch.num_rows == 0:
         return []
@@ -62,7 +64,7 @@ class PartitionedWriter(PartWriter):
     every part is still published atomically (hidden temp name, fsync, rename).
     """
 
-    def write(self, batch: pa.RecordBatch, subdir: str | None = None) -> Path:
+    def write(self, batch: pa.RecordBatch | pa.Table, subdir: str | None = None) -> Path:
         last: Path | None = None
         for value, rows in split_by_date(batch):
             folder = f"{PARTITION_COLUMN}={value}"

@@ -14,14 +14,16 @@ fetched is lost, and a rerun fetches exactly the ids that have no row yet.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sized
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,7 +36,9 @@ from auditor.connection import Connection, connect
 from auditor.fetch import fetch_call
 from auditor.idset import CompactIdSet
 from auditor.partition import open_writer
-from auditor.records import STATUS_INVALID_ID, Outcome, build_batch
+from auditor.records import BUILD_CHUNK_ROWS, SCHEMA, STATUS_INVALID_ID, Outcome, build_batch
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_OUTPUT = 0, 1, 2, 3, 4
 _QUEUE_SLOTS = 1024
@@ -311,56 +315,165 @@ class Audit:
     async def _write(
         self, outcomes: asyncio.Queue[Outcome | None], writer: sink.PartWriter
     ) -> None:
-        """The only task that touches the dataset: buffer outcomes, write one part per group.
+        """The only task that touches the dataset: gather outcomes, write one part per group.
 
-        A part is written when the buffer holds a row group, when ``flush_seconds`` pass
-        (so a slow run still publishes as it goes), and at the end.
+        A part is written when it holds a row group, when ``flush_seconds`` pass (so a slow
+        run still publishes as it goes), and at the end.  Outcomes are normalised as they
+        come and the parts written on the writer's thread (see :class:`_Parts`), so this
+        task keeps draining the queue meanwhile.
         """
-        buffer: list[Outcome] = []
-        deadline = time.monotonic() + self.config.flush_seconds
-        while True:
-            # Take what is queued without suspending: wait_for() costs a task, a timer and
-            # two extra event-loop turns per item, about as much as the request itself.
-            try:
-                item = outcomes.get_nowait()
-            except asyncio.QueueEmpty:
-                try:
-                    timeout = max(0.0, deadline - time.monotonic())
-                    item = await asyncio.wait_for(outcomes.get(), timeout)
-                except TimeoutError:
-                    item = _TICK
-            if item is None:
-                break
-            if item is not _TICK:
-                buffer.append(item)
-                self.progress.written += 1
-                self.progress.by_status[item.status] += 1
-            if len(buffer) >= self.config.row_group_rows or time.monotonic() >= deadline:
-                if buffer:
-                    await self._publish(buffer, writer)
-                    buffer = []
-                deadline = time.monotonic() + self.config.flush_seconds
-        if buffer:
-            await self._publish(buffer, writer)
-
-    async def _publish(self, buffer: list[Outcome], writer: sink.PartWriter) -> None:
+        parts = _Parts(self.config.row_group_rows, self.run_id)
+        flush_seconds = self.config.flush_seconds
+        deadline = time.monotonic() + flush_seconds
+        # The deadline wakes an idle writer with a _TICK in the queue, not with a timeout on
+        # each get: this task keeps up with the workers, so it mostly waits on an empty
+        # queue, and wait_for() costs a task, a timer and two extra event-loop turns per
+        # item, about as much as the request itself.
+        loop = asyncio.get_running_loop()
+        alarm = loop.call_later(flush_seconds, _wake, outcomes)
         try:
-            await asyncio.to_thread(self._flush, buffer, writer)
+            while True:
+                try:
+                    item = outcomes.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = await outcomes.get()
+                if item is None:
+                    break
+                if item is not _TICK:
+                    await parts.add(item)
+                    self.progress.written += 1
+                    self.progress.by_status[item.status] += 1
+                if parts.full or time.monotonic() >= deadline:
+                    await parts.publish(self._publish, writer)
+                    deadline = time.monotonic() + flush_seconds
+                    alarm.cancel()
+                    alarm = loop.call_later(flush_seconds, _wake, outcomes)
+            await parts.publish(self._publish, writer)
+            await parts.drain()
+        finally:
+            alarm.cancel()
+            parts.close()
+
+    async def _publish(
+        self,
+        chunks: list[asyncio.Future[pa.RecordBatch]],
+        rows: int,
+        writer: sink.PartWriter,
+        parts: _Parts,
+    ) -> None:
+        """Write the *rows* rows of *chunks*, once they are built, as one part file."""
+        batches = await asyncio.gather(*chunks)
+        try:
+            await parts.run(self._flush, batches, writer)
         except OSError as exc:  # disk full, folder removed: stop, and say how much is lost
-            self.summary.unwritten += len(buffer)
+            self.summary.unwritten += rows
             reason = exc.strerror or type(exc).__name__
             self.fail(sink.OutputError(f"{writer.directory}: cannot write a part ({reason})"))
 
-    def _flush(self, buffer: list[Outcome], writer: sink.PartWriter) -> None:
-        """Runs in a thread: normalise, write the part, tally the summary's counts."""
-        batch = build_batch(buffer, self.run_id)
-        writer.write(batch)
-        _tally(self.summary.status_counts, batch.column("status"))
-        _tally(self.summary.disconnect_causes, batch.column("disconnect_cause"))
-        _tally(self.summary.verstats, batch.column("stir_shaken_verstat"))
+    def _flush(self, batches: list[pa.RecordBatch], writer: sink.PartWriter) -> None:
+        """Runs in the writer thread: write the chunks as one part, tally the summary's counts."""
+        # Only the dictionaries are merged: the Parquet writer takes the chunked columns into
+        # the one row group as they are, so the part is never copied into a single batch.
+        table = pa.Table.from_batches(batches, schema=SCHEMA).unify_dictionaries()
+        writer.write(table)
+        _tally(self.summary.status_counts, table.column("status"))
+        _tally(self.summary.disconnect_causes, table.column("disconnect_cause"))
+        _tally(self.summary.verstats, table.column("stir_shaken_verstat"))
 
 
 _TICK = Outcome("", "", None, 0, 0.0)  # a wake-up with nothing to write
+
+
+def _wake(outcomes: asyncio.Queue[Outcome | None]) -> None:
+    # A full queue needs no wake-up: the writer checks the deadline after every item.
+    with contextlib.suppress(asyncio.QueueFull):
+        outcomes.put_nowait(_TICK)
+
+#: Jobs (chunk builds, part writes) queued on or running in the writer thread at a time.
+_WRITER_BACKLOG = 2
+
+_Publish = Callable[
+    [list["asyncio.Future[pa.RecordBatch]"], int, sink.PartWriter, "_Parts"],
+    Coroutine[Any, Any, None],
+]
+
+
+class _Parts:
+    """The part being gathered, normalised a chunk at a time, and the thread that writes.
+
+    Outcomes are handed to :func:`~auditor.records.build_batch`
+    :data:`~auditor.records.BUILD_CHUNK_ROWS` at a time as they come, so a row group waits
+    as Arrow chunks (~0.4 KB a row) rather than as outcomes with their JSON bodies and, at
+    build time, the decoded dicts of all of them.  A chunk never straddles two parts: every
+    part holds one row group of at most *group_rows* rows.
+
+    Builds and part writes run on one thread of their own, in the order they are queued,
+    while the event loop goes on; at most :data:`_WRITER_BACKLOG` of them are queued or
+    running, and queueing another first waits for the oldest, so a slow disk holds back
+    the workers rather than growing memory.  One thread, not ``asyncio.to_thread``'s pool:
+    the jobs are ordered anyway, and every thread that allocates gets a glibc malloc arena
+    of its own, which keeps the memory it freed.
+    """
+
+    def __init__(self, group_rows: int, run_id: str) -> None:
+        self._group_rows = group_rows
+        self._run_id = run_id
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="auditor-writer")
+        self._backlog: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._outcomes: list[Outcome] = []  # not yet handed to a build
+        self._chunks: list[asyncio.Future[pa.RecordBatch]] = []  # built or being built
+        self._rows = 0  # in the part: chunks and outcomes
+
+    @property
+    def full(self) -> bool:
+        """Whether the part holds a whole row group."""
+        return self._rows >= self._group_rows
+
+    async def add(self, outcome: Outcome) -> None:
+        """Add *outcome* to the part; may wait for room to queue a build."""
+        self._outcomes.append(outcome)
+        self._rows += 1
+        if len(self._outcomes) >= BUILD_CHUNK_ROWS or self.full:
+            await self._build()
+
+    async def publish(self, job: _Publish, writer: sink.PartWriter) -> None:
+        """Start ``job(chunks, rows, writer, self)`` for the part (if it has rows), and
+        begin the next part; *job* writes with :meth:`run`."""
+        await self._build()
+        if not self._chunks:
+            return
+        await self._make_room()
+        self._backlog.append(asyncio.ensure_future(job(self._chunks, self._rows, writer, self)))
+        self._chunks, self._rows = [], 0
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the writer thread, after the jobs queued before."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def drain(self) -> None:
+        """Wait for every queued job; the first that failed raises."""
+        while self._backlog:
+            await self._backlog.popleft()
+
+    def close(self) -> None:
+        for job in self._backlog:
+            job.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _build(self) -> None:
+        if not self._outcomes:
+            return
+        await self._make_room()
+        chunk = asyncio.get_running_loop().run_in_executor(
+            self._executor, build_batch, self._outcomes, self._run_id
+        )
+        self._backlog.append(chunk)
+        self._chunks.append(chunk)
+        self._outcomes = []
+
+    async def _make_room(self) -> None:
+        while len(self._backlog) >= _WRITER_BACKLOG:
+            await self._backlog.popleft()
 
 
 def _batched(ids: Iterable[str], size: int = 4096) -> Iterator[list[str]]:

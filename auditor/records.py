@@ -113,13 +113,14 @@ class Outcome:
     error: str | None = None
     body: dict[str, Any] | None = None
     source: str = SOURCE_GET
-    #: the 200's JSON body, still encoded, when ``body`` is None: a row group waiting to
-    #: be written holds 10,000 of these, and the bytes take a third of a decoded dict's
-    #: memory; :func:`build_batch` decodes them a chunk at a time
+    #: the 200's JSON body, still encoded, when ``body`` is None: the writer holds up to
+    #: :data:`BUILD_CHUNK_ROWS` of these before normalising them, and the bytes take a
+    #: third of a decoded dict's memory; :func:`build_batch` decodes them a chunk at a time
     raw: bytes | None = None
 
 
 #: Rows decoded and normalised at a time: bounds the memory of the Python objects made.
+#: The pipeline's writer also normalises outcomes this many at a time as they arrive.
 BUILD_CHUNK_ROWS: Final = 2048
 
 

@@ -1,10 +1,10 @@
 """Target 5, memory: a 1,000,000-id input against a 100,000-id one.
 
 The auditor runs as users run it, ``python -m auditor run ids.csv --output DIR ...`` in
-its own process (the simulator in another), and its peak resident set size is read from
-the kernel when it exits (``wait4`` rusage).  The baseline is the peak of the same command
-on a tenth of the ids: memory must not grow with the input beyond the compact set of
-distinct ids (~24 bytes each).  ``--quick`` uses 100,000 against 10,000.
+its own process (the simulator in another), and its peak resident set size is the run's
+own ``VmHWM``, saved in its run summary (see :func:`_measure`).  The baseline is the peak
+of the same command on a tenth of the ids: memory must not grow with the input beyond the
+compact set of distinct ids (~24 bytes each).  ``--quick`` uses 100,000 against 10,000.
 
 Correctness: every id comes back once with the status the simulator implies, and a
 sample of ok rows equals the simulator's truth field by field.

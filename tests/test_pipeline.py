@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from auditor import AuditConfig, BasicCredentials, OAuth2Credentials, Secret, run_audit
-from auditor.records import SCHEMA
+from auditor.connection import connect
+from auditor.pipeline import Audit, Progress, RunContext
+from auditor.records import BUILD_CHUNK_ROWS, SCHEMA
 from auditor.simulator import SimConfig, Simulator
-from auditor.sink import read_dataset
+from auditor.sink import PartWriter, new_run_id, prepare_output, read_dataset
 from auditor.verify import verify_dataset
 from tests.conftest import SIM_NOW
 
@@ -136,6 +141,77 @@ async def test_dataset_reads_the_same_in_duckdb(sim: Simulator, tmp_path: Path) 
         f"SELECT count(*) FROM '{out}/*.parquet' WHERE status = 'ok' AND last_update IS NOT NULL"
     ).fetchone()
     assert n_ok is not None and n_ok[0] == by_status["ok"]
+
+
+async def test_parts_of_several_chunks_are_one_row_group_each(tmp_path: Path) -> None:
+    # 2,500 rows a part: two chunks of normalised rows (2,048 + 452), their dictionaries merged
+    assert BUILD_CHUNK_ROWS < 2500 < 2 * BUILD_CHUNK_ROWS
+    async with Simulator(frozen_config(calls=6000, seed=21), host="127.0.0.1", port=0) as sim:
+        source = write_ids(tmp_path / "ids.csv", sim.population.ids())
+        out = tmp_path / "out"
+        summary = await run_audit(config_for(sim, [source], out, row_group_rows=2500))
+        assert summary.exit_code == 0 and summary.rows_written == 6000
+        sizes = sorted(pq.read_metadata(part).num_rows for part in out.glob("*.parquet"))
+        assert sizes == [1000, 2500, 2500]  # a chunk never straddles two parts
+        for part in out.glob("*.parquet"):
+            assert pq.read_metadata(part).num_row_groups == 1
+            assert pq.read_schema(part).equals(SCHEMA, check_metadata=False)
+        assert verify_dataset(out, sim.population).clean
+        counts = duckdb.connect().execute(
+            f"SELECT status, disconnect_cause, count(*) FROM '{out}/*.parquet' GROUP BY ALL"
+        ).fetchall()
+        table = read_dataset(out)
+        expected = Counter(
+            zip(
+                table.column("status").to_pylist(),
+                table.column("disconnect_cause").to_pylist(),
+                strict=True,
+            )
+        )
+        assert {(s, c): n for s, c, n in counts} == dict(expected)
+        assert summary.status_counts == dict(Counter(table.column("status").to_pylist()))
+
+
+class HeldWriter(PartWriter):
+    """Writes parts as usual, but holds the first one (in the writer's thread) until released."""
+
+    def __init__(self, directory: Path, run_id: str) -> None:
+        super().__init__(directory, run_id)
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, batch: pa.RecordBatch | pa.Table, subdir: str | None = None) -> Path:
+        if not self.parts:
+            self.holding.set()
+            if not self.release.wait(60):
+                raise RuntimeError("never released")
+        return super().write(batch, subdir)
+
+
+async def test_outcomes_keep_flowing_while_a_part_is_written(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    config = config_for(sim, [], out, row_group_rows=100)
+    prepare_output(out, fresh=False, scan=False)
+    writer = HeldWriter(out, new_run_id())
+    progress = Progress()
+    ids = list(sim.population.ids())
+    async with connect(config) as conn:
+        context = RunContext(conn, writer, writer.run_id, progress)
+        run = asyncio.create_task(Audit(config, ids, context).run())
+        for _ in range(3000):
+            if progress.written >= 200 or run.done():
+                break
+            await asyncio.sleep(0.01)  # waiting for the condition, not a delay
+        # The first part is still being written, and a second row group has come in.
+        assert writer.holding.is_set() and not writer.parts
+        assert progress.written >= 200
+        writer.release.set()
+        summary = await run
+    assert summary.exit_code in (0, 1) and summary.rows_written == len(ids)
+    assert [pq.read_metadata(part).num_rows for part in writer.parts] == [100] * 6
+    assert sorted(read_dataset(out).column("call_id").to_pylist()) == sorted(ids)
 
 
 async def test_legacy_basic_auth(tmp_path: Path) -> None:
