@@ -14,6 +14,7 @@ import pytest
 
 from auditor.simulator import SimConfig, Simulator
 from auditor.sink import read_dataset
+from tests.conftest import SIM_NOW
 from tests.test_pipeline import write_ids
 
 
@@ -95,7 +96,10 @@ async def test_run_writes_the_dataset_and_a_summary(tmp_path: Path) -> None:
 
 
 async def test_run_can_write_date_partitions(tmp_path: Path) -> None:
-    async with Simulator(SimConfig(calls=200, seed=2), host="127.0.0.1", port=0) as sim:
+    # A frozen clock: on the wall clock, how many dates 200 calls over 8 days touch
+    # depended on the time of day the test ran.
+    config = SimConfig(calls=200, seed=2, now=SIM_NOW)
+    async with Simulator(config, host="127.0.0.1", port=0) as sim:
         source = write_ids(tmp_path / "ids.csv", sim.population.ids())
         code, _, err = await auditor(
             "run", str(source), "--output", str(tmp_path / "out"), "--partition-by", "date",
