@@ -4,7 +4,7 @@ The auditor runs as users run it, ``python -m auditor run ids.csv --output DIR .
 its own process (the simulator in another), and its peak resident set size is the run's
 own ``VmHWM``, saved in its run summary (see :func:`_measure`).  The baseline is the peak
 of the same command on a tenth of the ids: memory must not grow with the input beyond the
-compact set of distinct ids (~24 bytes each).  ``--quick`` uses 100,000 against 10,000.
+compact set of distinct ids (~17 bytes each).  ``--quick`` uses 100,000 against 10,000.
 
 Correctness: every id comes back once with the status the simulator implies, and a
 sample of ok rows equals the simulator's truth field by field.

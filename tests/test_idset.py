@@ -49,9 +49,9 @@ def test_memory_per_id_stays_compact(count: int) -> None:
     seen = CompactIdSet()
     for value in ids(0, count):
         seen.add(value)
-    # 16-byte slots, 47 % to 70 % full: 23 to 34 bytes per id (a set of str: 100+).
-    assert seen.nbytes == seen._capacity * DIGEST_BYTES
-    assert 16 / 0.7 <= seen.nbytes / count <= 16 / (0.7 / 1.5) + 0.1
+    # 12-byte slots, 47 % to 70 % full: 17 to 26 bytes per id (a set of str: 100+).
+    assert seen.nbytes == seen._capacity * DIGEST_BYTES == seen._capacity * 12
+    assert 12 / 0.7 <= seen.nbytes / count <= 12 / (0.7 / 1.5) + 0.1
 
 
 def test_expected_size_avoids_growing() -> None:
