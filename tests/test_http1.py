@@ -45,7 +45,8 @@ class Scripted:
     """Answers the n-th request (over any connection) with ``script[n]``.
 
     An action is raw response bytes, ``"close"`` (close before answering), ``"hang"``
-    (never answer), or a coroutine function given the connection's writer.
+    (never answer, until the client hangs up), or a coroutine function given the
+    connection's writer.
     """
 
     def __init__(self, script: list[Action]) -> None:
@@ -69,7 +70,8 @@ class Scripted:
                 if action == "close":
                     return
                 if action == "hang":
-                    await asyncio.Event().wait()
+                    await reader.read()  # never answer; done once the client hangs up
+                    return
                 if isinstance(action, bytes):
                     writer.write(action)
                     await writer.drain()
