@@ -17,16 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor import runtime
-from benchmarks.common import (
-    StatsPoller,
-    check_dataset,
-    figure,
-    logging_sends,
-    run_auditor,
-    scratch,
-    simulator,
-    write_ids,
-)
+from benchmarks.common import StatsPoller, figure, observed_run, simulator
 
 LIMIT = 500.0
 CONFIGURED = 2 * LIMIT
@@ -40,21 +31,13 @@ async def _run(quick: bool) -> dict[str, Any]:
     seconds = 15.0 if quick else 40.0
     count = int(LIMIT * seconds * 0.9)
     async with simulator(count, rate=LIMIT) as sim:
-        population = sim.population()
-        ids = list(population.ids())
-        with scratch("adaptive") as tmp:
-            write_ids(tmp / "ids.csv", ids)
-            with logging_sends() as gates:
-                async with StatsPoller(sim) as poller:
-                    summary = await run_auditor(sim, [tmp / "ids.csv"], tmp / "out",
-                                                rate=CONFIGURED)
-            stats = await sim.stats()
-            check = check_dataset(tmp / "out", population, ids)
+        run = await observed_run(sim, "adaptive", CONFIGURED)
+    summary, stats, poller, check = run.summary, run.stats, run.poller, run.check
     half = summary.elapsed_seconds / 2
     settled = poller.rate_between(half, summary.elapsed_seconds - 0.5)
     total = stats["total_requests"]
     share = stats["throttled"] / total if total else None
-    sent_peak = gates[0].peak_window if gates else None
+    sent_peak = run.sent_peak
     result: dict[str, Any] = {
         "what": f"admitted req/s over the second half of a {summary.elapsed_seconds:g} s run "
                 f"with --rate {CONFIGURED:g}; baseline: the simulator's real limit R",

@@ -13,15 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor import runtime
-from benchmarks.common import (
-    StatsPoller,
-    check_dataset,
-    figure,
-    run_auditor,
-    scratch,
-    simulator,
-    write_ids,
-)
+from benchmarks.common import figure, observed_run, simulator
 
 RATE = 1000.0
 LATENCY_MS = 200.0
@@ -35,14 +27,8 @@ async def _run(quick: bool) -> dict[str, Any]:
     seconds = 8.0 if quick else 20.0
     count = int(RATE * seconds)
     async with simulator(count, rate=RATE, latency_ms=LATENCY_MS) as sim:
-        population = sim.population()
-        ids = list(population.ids())
-        with scratch("latency") as tmp:
-            write_ids(tmp / "ids.csv", ids)
-            async with StatsPoller(sim) as poller:
-                summary = await run_auditor(sim, [tmp / "ids.csv"], tmp / "out", rate=RATE)
-            stats = await sim.stats()
-            check = check_dataset(tmp / "out", population, ids)
+        run = await observed_run(sim, "latency", RATE)
+    summary, stats, poller, check = run.summary, run.stats, run.poller, run.check
     steady = poller.steady_rate()
     result: dict[str, Any] = {
         "what": f"admitted req/s over the steady part of a {summary.elapsed_seconds:g} s run "

@@ -21,17 +21,7 @@ import aiohttp
 from aiolimiter import AsyncLimiter
 
 from auditor import runtime
-from benchmarks.common import (
-    Sim,
-    StatsPoller,
-    check_dataset,
-    figure,
-    logging_sends,
-    run_auditor,
-    scratch,
-    simulator,
-    write_ids,
-)
+from benchmarks.common import Sim, figure, observed_run, simulator
 from benchmarks.rawclient import token
 
 RATE = 500.0
@@ -45,19 +35,12 @@ async def _run(quick: bool) -> dict[str, Any]:
     seconds = 8.0 if quick else 30.0
     count = int(RATE * seconds * 0.985)
     async with simulator(count, rate=RATE) as sim:
-        population = sim.population()
-        ids = list(population.ids())
-        with scratch("rate") as tmp:
-            write_ids(tmp / "ids.csv", ids)
-            with logging_sends() as gates:
-                async with StatsPoller(sim) as poller:
-                    summary = await run_auditor(sim, [tmp / "ids.csv"], tmp / "out", rate=RATE)
-            stats = await sim.stats()
-            check = check_dataset(tmp / "out", population, ids)
+        run = await observed_run(sim, "rate", RATE)
         await asyncio.sleep(1.1)  # let the server's window empty
         await sim.reset()
-        plain = await _plain_limiter(sim, ids[: int(RATE * 3)])
-    steady = poller.steady_rate()
+        plain = await _plain_limiter(sim, run.ids[: int(RATE * 3)])
+    summary, stats = run.summary, run.stats
+    steady = run.poller.steady_rate()
     result: dict[str, Any] = {
         "what": f"admitted req/s over the steady part of a {seconds:g} s run; "
                 "baseline: the simulator's limit R",
@@ -66,12 +49,12 @@ async def _run(quick: bool) -> dict[str, Any]:
         "throttled_429": {"value": stats["throttled"], "target": "0",
                           "meets_target": stats["throttled"] == 0},
         "server_peak_window": {"value": stats["max_window_requests"], "limit": RATE},
-        "auditor_sent_peak_window": gates[0].peak_window if gates else None,
+        "auditor_sent_peak_window": run.sent_peak,
         "plain_asynclimiter": plain,
         "requests": summary.requests, "seconds": summary.elapsed_seconds,
-        "workers": summary.max_workers, "correctness": check,
+        "workers": summary.max_workers, "correctness": run.check,
     }
-    result["ok"] = check["ok"] and summary.exit_code == 0
+    result["ok"] = run.check["ok"] and summary.exit_code == 0
     return result
 
 

@@ -281,6 +281,34 @@ async def run_auditor(sim: Sim, inputs: Sequence[Path], output: Path, *, rate: f
                                     http_client=http_client)).run()
 
 
+@dataclass
+class ObservedRun:
+    """One whole-pipeline run against a simulator, and what both sides saw of it."""
+
+    ids: list[str]
+    summary: RunSummary
+    stats: dict[str, Any]  # the simulator's counters after the run
+    check: dict[str, Any]  # :func:`check_dataset` of the output
+    poller: StatsPoller  # the server's counters sampled during the run
+    sent_peak: int | None  # the most requests the auditor sent in any sliding second
+
+
+async def observed_run(sim: Sim, name: str, rate: float) -> ObservedRun:
+    """Audit every id *sim* serves at *rate*, in this process, watching the server's
+    counters and the auditor's sends, then check the output against the truth."""
+    population = sim.population()
+    ids = list(population.ids())
+    with scratch(name) as tmp:
+        write_ids(tmp / "ids.csv", ids)
+        with logging_sends() as gates:
+            async with StatsPoller(sim) as poller:
+                summary = await run_auditor(sim, [tmp / "ids.csv"], tmp / "out", rate=rate)
+        stats = await sim.stats()
+        check = check_dataset(tmp / "out", population, ids)
+    sent_peak = gates[0].peak_window if gates else None
+    return ObservedRun(ids, summary, stats, check, poller, sent_peak)
+
+
 def auditor_command(sim: Sim, inputs: Sequence[Path], output: Path,
                     rate: float) -> tuple[list[str], dict[str, str]]:
     """``python -m auditor run ...`` and its environment, as a user runs it."""
