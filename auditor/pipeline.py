@@ -19,11 +19,11 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,8 +37,6 @@ from auditor.fetch import fetch_call
 from auditor.idset import CompactIdSet
 from auditor.partition import open_writer
 from auditor.records import BUILD_CHUNK_ROWS, SCHEMA, STATUS_INVALID_ID, Outcome, build_batch
-
-T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED_IDS, EXIT_BAD_INPUT, EXIT_AUTH, EXIT_OUTPUT = 0, 1, 2, 3, 4
 _QUEUE_SLOTS = 1024
@@ -322,7 +320,12 @@ class Audit:
         come and the parts written on the writer's thread (see :class:`_Parts`), so this
         task keeps draining the queue meanwhile.
         """
-        parts = _Parts(self.config.row_group_rows, self.run_id)
+        parts = _Parts(
+            self.config.row_group_rows,
+            self.run_id,
+            write=lambda batches: self._flush(batches, writer),
+            failed=lambda exc, rows: self._unwritten(exc, rows, writer),
+        )
         flush_seconds = self.config.flush_seconds
         deadline = time.monotonic() + flush_seconds
         # The deadline wakes an idle writer with a _TICK in the queue, not with a timeout on
@@ -344,31 +347,21 @@ class Audit:
                     self.progress.written += 1
                     self.progress.by_status[item.status] += 1
                 if parts.full or time.monotonic() >= deadline:
-                    await parts.publish(self._publish, writer)
+                    await parts.publish()
                     deadline = time.monotonic() + flush_seconds
                     alarm.cancel()
                     alarm = loop.call_later(flush_seconds, _wake, outcomes)
-            await parts.publish(self._publish, writer)
+            await parts.publish()
             await parts.drain()
         finally:
             alarm.cancel()
             parts.close()
 
-    async def _publish(
-        self,
-        chunks: list[asyncio.Future[pa.RecordBatch]],
-        rows: int,
-        writer: sink.PartWriter,
-        parts: _Parts,
-    ) -> None:
-        """Write the *rows* rows of *chunks*, once they are built, as one part file."""
-        batches = await asyncio.gather(*chunks)
-        try:
-            await parts.run(self._flush, batches, writer)
-        except OSError as exc:  # disk full, folder removed: stop, and say how much is lost
-            self.summary.unwritten += rows
-            reason = exc.strerror or type(exc).__name__
-            self.fail(sink.OutputError(f"{writer.directory}: cannot write a part ({reason})"))
+    def _unwritten(self, exc: OSError, rows: int, writer: sink.PartWriter) -> None:
+        """A part could not be written (disk full, folder removed): stop, say how much."""
+        self.summary.unwritten += rows
+        reason = exc.strerror or type(exc).__name__
+        self.fail(sink.OutputError(f"{writer.directory}: cannot write a part ({reason})"))
 
     def _flush(self, batches: list[pa.RecordBatch], writer: sink.PartWriter) -> None:
         """Runs in the writer thread: write the chunks as one part, tally the summary's counts."""
@@ -392,11 +385,6 @@ def _wake(outcomes: asyncio.Queue[Outcome | None]) -> None:
 #: Jobs (chunk builds, part writes) queued on or running in the writer thread at a time.
 _WRITER_BACKLOG = 2
 
-_Publish = Callable[
-    [list["asyncio.Future[pa.RecordBatch]"], int, sink.PartWriter, "_Parts"],
-    Coroutine[Any, Any, None],
-]
-
 
 class _Parts:
     """The part being gathered, normalised a chunk at a time, and the thread that writes.
@@ -415,9 +403,17 @@ class _Parts:
     of its own, which keeps the memory it freed.
     """
 
-    def __init__(self, group_rows: int, run_id: str) -> None:
+    def __init__(
+        self,
+        group_rows: int,
+        run_id: str,
+        write: Callable[[list[pa.RecordBatch]], None],
+        failed: Callable[[OSError, int], None],
+    ) -> None:
         self._group_rows = group_rows
         self._run_id = run_id
+        self._write = write  # on the writer thread: publish one part made of these chunks
+        self._failed = failed  # a part's write raised OSError: (error, its rows)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="auditor-writer")
         self._backlog: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._outcomes: list[Outcome] = []  # not yet handed to a build
@@ -436,19 +432,22 @@ class _Parts:
         if len(self._outcomes) >= BUILD_CHUNK_ROWS or self.full:
             await self._build()
 
-    async def publish(self, job: _Publish, writer: sink.PartWriter) -> None:
-        """Start ``job(chunks, rows, writer, self)`` for the part (if it has rows), and
-        begin the next part; *job* writes with :meth:`run`."""
+    async def publish(self) -> None:
+        """Queue the part's write (if it has rows), and begin the next part."""
         await self._build()
         if not self._chunks:
             return
         await self._make_room()
-        self._backlog.append(asyncio.ensure_future(job(self._chunks, self._rows, writer, self)))
+        self._backlog.append(asyncio.ensure_future(self._write_part(self._chunks, self._rows)))
         self._chunks, self._rows = [], 0
 
-    async def run(self, func: Callable[..., T], *args: Any) -> T:
-        """``func(*args)`` on the writer thread, after the jobs queued before."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+    async def _write_part(self, chunks: list[asyncio.Future[pa.RecordBatch]], rows: int) -> None:
+        batches = await asyncio.gather(*chunks)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, batches)
+        except OSError as exc:
+            self._failed(exc, rows)
 
     async def drain(self) -> None:
         """Wait for every queued job; the first that failed raises."""
